@@ -1,0 +1,1 @@
+"""Code shared by the task scripts: data, model, checkpoint and run set-up."""

@@ -1,0 +1,90 @@
+"""The checkpoint contract: one self-describing file, written atomically, read by one function."""
+import os
+import pickle
+import platform
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import CLASS_NAMES, file_sha256
+from .model import ARCH, build_model, unwrap
+from .runtime import UserError
+
+DEFAULT_CHECKPOINT = "models/task1_model.pth"
+REQUIRED_KEYS = ("format_version", "arch", "in_channels", "image_size", "class_names",
+                 "normalization", "threshold", "state_dict")
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict:
+    import medmnist
+    import torchvision
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
+            "medmnist": str(getattr(medmnist, "__version__", "unknown"))}
+
+
+def save_atomic(payload: dict, path) -> None:
+    """torch.save to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def make_checkpoint(model, *, image_size: int, normalization: dict, threshold: float,
+                    val_metrics: dict, train_args: dict, data_sha256: str, epoch: int) -> dict:
+    model = unwrap(model)
+    return {
+        "format_version": FORMAT_VERSION, "arch": ARCH,
+        "in_channels": model.conv1.in_channels, "image_size": image_size,
+        "class_names": list(CLASS_NAMES), "normalization": dict(normalization),
+        "threshold": float(threshold), "val_metrics": dict(val_metrics), "epoch": int(epoch),
+        "train_args": dict(train_args), "data_sha256": data_sha256, "versions": library_versions(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def read_payload(path) -> dict:
+    """torch.load with weights_only=True, every failure turned into one line that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; train one with `python task1/train.py` "
+                        f"or pass --checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds pickled objects that are not plain weights; refused "
+                        f"(it could run code). Use a checkpoint written by task1/train.py") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                        f"{type(err).__name__})") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path} is not a checkpoint of this project (no metadata dict)")
+    return payload
+
+
+def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
+    """(model in eval mode on `device`, metadata dict without the weights). The only loader."""
+    payload = read_payload(path)
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
+    if payload["arch"] != ARCH:
+        raise UserError(f"{path} holds architecture {payload['arch']!r}; this code runs {ARCH!r}")
+    model = build_model(payload["arch"], payload["in_channels"], len(payload["class_names"]))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit {ARCH} ({first})") from None
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta["sha256"] = file_sha256(path)
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta

@@ -1,0 +1,163 @@
+"""PneumoniaMNIST through `medmnist`: locate, validate, load; image files users bring; synthetic files for tests."""
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from .runtime import UserError
+
+CLASS_NAMES = ("normal", "pneumonia")
+SIZES = (28, 64, 128, 224)
+SPLITS = ("train", "val", "test")
+DATA_ROOT_ENV = "PNEUMONIA_DATA_ROOT"
+DEFAULT_DATA_ROOT = "data"
+# MedMNIST's customary normalisation of [0, 1] pixels; stored in the checkpoint.
+NORMALIZATION = {"mean": 0.5, "std": 0.5}
+
+
+def default_data_root() -> str:
+    return os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
+
+
+def data_file(root, size: int) -> Path:
+    """The file name medmnist uses: pneumoniamnist.npz at 28, pneumoniamnist_<size>.npz above."""
+    suffix = "" if size == 28 else f"_{size}"
+    return Path(root) / f"pneumoniamnist{suffix}.npz"
+
+
+def ensure_data_file(root, size: int = 28) -> Path:
+    """Return the local .npz, downloading it through medmnist only when it is missing."""
+    path = data_file(root, size)
+    if path.exists():
+        return path
+    import medmnist
+    Path(root).mkdir(parents=True, exist_ok=True)
+    try:
+        medmnist.PneumoniaMNIST(split="test", root=str(root), size=size, download=True)
+    except Exception as err:  # any network or server failure ends in the same advice
+        raise UserError(
+            f"{path} is missing and the download failed ({type(err).__name__}); put pneumoniamnist"
+            f"{'' if size == 28 else f'_{size}'}.npz from MedMNIST (zenodo.org/records/10519652) at {path}"
+            f" or point --data_root / ${DATA_ROOT_ENV} at the folder holding it") from None
+    return path
+
+
+def load_split(root, split: str, size: int = 28):
+    """Images (N, size, size) uint8 and labels (N,) int64 of one split, validated."""
+    import medmnist
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    path = ensure_data_file(root, size)
+    fix = f"replace {path} with the MedMNIST file (delete it to download again)"
+    try:
+        ds = medmnist.PneumoniaMNIST(split=split, root=str(path.parent), size=size, download=False)
+        images, labels = np.asarray(ds.imgs), np.asarray(ds.labels)
+    except KeyError as err:
+        raise UserError(f"{path} lacks the array {err}; {fix}") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path} is not a readable .npz ({type(err).__name__}: {err}); {fix}") from None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (size, size):
+        raise UserError(f"{path}: {split}_images has shape {images.shape} and dtype {images.dtype}, "
+                        f"expected (N, {size}, {size}) uint8; {fix}")
+    labels = labels.reshape(-1)
+    if labels.shape[0] != images.shape[0] or not np.isin(labels, (0, 1)).all():
+        raise UserError(f"{path}: {split}_labels must hold one 0/1 label per image; {fix}")
+    return images, labels.astype(np.int64)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_image_file(path, size: int = 28) -> np.ndarray:
+    """A user's image made the way PneumoniaMNIST was: grayscale, centre crop to the short side,
+    antialiased resize. Any PIL-readable file of any size and mode; uint8 (size, size)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except FileNotFoundError:
+        raise UserError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable image ({type(err).__name__})") from None
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: stretch to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(np.uint8(np.round(255 * (arr - lo) / max(hi - lo, 1e-12))))
+    elif img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    img = img.convert("L")
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(images_uint8: torch.Tensor, normalization=NORMALIZATION) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, 1, H, W) -> normalised float (N, 1, H, W)."""
+    x = images_uint8.float().div_(255.0)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    return (x - normalization["mean"]) / normalization["std"]
+
+
+def train_augmentation(size: int) -> v2.Compose:
+    """Small affine and intensity changes a chest X-ray can plausibly show; no flips: the heart
+    sits on the left, so a mirrored film is not a realistic sample."""
+    return v2.Compose([
+        v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ])
+
+
+class XrayDataset(torch.utils.data.Dataset):
+    """uint8 images held as one tensor; items come out as (1, H, W) uint8 plus the label."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+        self.labels = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        image = self.images[idx]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[idx]
+
+
+def write_synthetic_npz(path, size: int = 28, counts=None, seed: int = 0, signal: float = 0.6) -> Path:
+    """A file in PneumoniaMNIST's format with a learnable signal: pneumonia images carry a brighter,
+    blurred patch in a lower lung zone over textured noise. For tests and benchmarks."""
+    counts = counts or {"train": 200, "val": 80, "test": 80}
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    arrays = {}
+    for split, n in counts.items():
+        labels = (rng.random(n) < 0.6).astype(np.uint8)
+        base = 0.35 + 0.1 * rng.standard_normal((n, size, size))
+        lungs = np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.05) + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.05)
+        images = base - 0.15 * lungs
+        for i in np.flatnonzero(labels):
+            cx, cy = rng.choice([0.3, 0.7]), rng.uniform(0.55, 0.75)
+            images[i] += signal * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+        arrays[f"{split}_images"] = np.clip(images * 255, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path

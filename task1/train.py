@@ -1,0 +1,268 @@
+"""Train the ResNet-18 PneumoniaMNIST classifier; keep the epoch with the best val AUC.
+
+    python task1/train.py                                   # the standard run (CPU ok, ~12 min on 2 cores)
+    python task1/train.py --epochs 15 --batch_size 32 --lr 0.005 --seed 1 --out models/seeds/seed1.pth
+    python task1/train.py --resume                          # go on after an interruption
+    torchrun --nproc_per_node 2 task1/train.py --device cpu # data-parallel (DDP) over 2 processes
+
+Writes the checkpoint (--out), its history next to it (<out stem>_history.json) and the loss and
+metric curves to <reports>/figures/task1_training_curves.png. The decision threshold is chosen on
+val (Youden's J) and stored in the checkpoint; the test split is never read here.
+"""
+import argparse
+import copy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from pneumo.checkpoint import DEFAULT_CHECKPOINT, make_checkpoint, read_payload, save_atomic
+from pneumo.data import (NORMALIZATION, SIZES, XrayDataset, default_data_root, ensure_data_file,
+                         file_sha256, load_split, normalize, train_augmentation)
+from pneumo.inference import predict_proba
+from pneumo.metrics import binary_metrics, youden_threshold
+from pneumo.model import build_model, unwrap
+from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
+                            seed_everything, write_json_atomic)
+
+# Flags that change the result; a resumed run must use the same ones.
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
+                "seed", "size", "amp")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5, help="passes over train (default 5: about 12 min on a 2-core CPU)")
+    p.add_argument("--batch_size", type=int, default=128, help="images per optimiser step, over all processes (default 128)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the one-cycle schedule (default 2e-3)")
+    p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW decoupled weight decay (default 0.05)")
+    p.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up before cosine decay, in epochs (default 1)")
+    p.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="mixed precision: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--data_root", default=default_data_root(),
+                   help="folder with pneumoniamnist.npz (default $PNEUMONIA_DATA_ROOT or ./data; downloaded if missing)")
+    p.add_argument("--size", type=int, default=28, choices=SIZES, help="image side in pixels (default 28)")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_CHECKPOINT), help=f"checkpoint path (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="folder for figures (default reports)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pth, written after every epoch")
+    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default 0: tensors in memory are fast enough)")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 2 or args.lr <= 0:
+        p.error("--epochs must be >= 1, --batch_size >= 2 and --lr > 0")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        p.error("--warmup_epochs must be in [0, --epochs)")
+    return args
+
+
+def main(args):
+    rank, world_size, device = setup_distributed(args.device)
+    is_main = rank == 0
+    run = print_run_header("train", args) if is_main else None
+    resume_path = args.out.with_name(args.out.name.replace(".pth", "") + ".resume.pth")
+    if args.resume and not resume_path.exists():
+        raise UserError(f"--resume given but {resume_path} does not exist; start without --resume")
+
+    data_path = ensure_data_file(args.data_root, args.size)
+    train_images, train_labels = load_split(args.data_root, "train", args.size)
+    val_images, val_labels = load_split(args.data_root, "val", args.size)
+    if len(train_labels) < args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size} exceeds the {len(train_labels)} training images")
+
+    seed_everything(args.seed)
+    model = build_model().to(device).to(memory_format=torch.channels_last)
+    per_process_batch = max(1, args.batch_size // world_size)
+    train_set = XrayDataset(train_images, train_labels, transform=train_augmentation(args.size))
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank,
+                                                  shuffle=True, seed=args.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=per_process_batch, sampler=sampler,
+                                         drop_last=True, num_workers=args.num_workers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * len(loader),
+        pct_start=args.warmup_epochs / args.epochs, anneal_strategy="cos")
+    amp_dtype = resolve_amp(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": 0,
+             "best_state": copy.deepcopy(model.state_dict())}
+    if args.resume:
+        state = load_resume_state(resume_path, args, model, optimizer, scheduler, scaler)
+        if is_main:
+            print(f"resuming after epoch {state['epoch']} from {resume_path}")
+    ddp_model = wrap_distributed(model, device, world_size)
+    if is_main:
+        print(f"device {device} x{world_size}  amp {amp_dtype}  train {len(train_labels)}  val {len(val_labels)}  "
+              f"steps/epoch {len(loader)}")
+
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        start = time.perf_counter()
+        seed_everything(args.seed + 1000 * epoch + rank)  # resuming at any epoch replays the same draws
+        sampler.set_epoch(epoch)
+        train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion,
+                                     device, amp_dtype, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
+        val_probs = predict_proba(model, val_images, NORMALIZATION, device)
+        val = binary_metrics(val_labels, val_probs)
+        val["loss"] = float(nn.functional.binary_cross_entropy(
+            torch.tensor(val_probs).clamp(1e-7, 1 - 1e-7), torch.tensor(val_labels, dtype=torch.float32)))
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
+               "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - start, 2)}
+        state["history"].append(row)
+        if val["auc"] > state["best_auc"]:
+            state.update(best_auc=val["auc"], best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+        state["epoch"] = epoch
+        if is_main:
+            save_resume_state(resume_path, args, state, model, optimizer, scheduler, scaler)
+            print(f"epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+                  f"val_auc {val['auc']:.4f}  val_acc {val['accuracy']:.4f}  {row['seconds']:.1f}s"
+                  f"{'  *best' if state['best_epoch'] == epoch else ''}", flush=True)
+
+    if is_main:
+        finish(args, run, state, model, device, val_images, val_labels, data_path)
+        resume_path.unlink(missing_ok=True)
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def setup_distributed(device_name):
+    """Single process, or one of several started by torchrun (RANK/WORLD_SIZE in the environment)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return rank, world_size, device
+
+
+def wrap_distributed(model, device, world_size):
+    if world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def resolve_amp(choice, device):
+    """bf16 autocast where the hardware runs bf16 natively (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs),
+    fp16 with loss scaling on older GPUs (T4), fp32 otherwise."""
+    if choice == "none":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype, desc=None):
+    model.train()
+    total, count = 0.0, 0
+    for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+        x = normalize(images).to(device, memory_format=torch.channels_last)
+        y = labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / count
+
+
+def save_resume_state(path, args, state, model, optimizer, scheduler, scaler):
+    save_atomic({"recipe": {k: getattr(args, k) for k in RECIPE_FLAGS}, **state,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, path)
+
+
+def load_resume_state(path, args, model, optimizer, scheduler, scaler):
+    saved = read_payload(path)
+    recipe = {k: getattr(args, k) for k in RECIPE_FLAGS}
+    if saved.get("recipe") != recipe:
+        diff = {k: (saved.get("recipe", {}).get(k), v) for k, v in recipe.items() if saved.get("recipe", {}).get(k) != v}
+        raise UserError(f"{path} was written with other settings {diff} (saved, now); rerun with the same flags")
+    model.load_state_dict(saved["model"], strict=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    return {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "best_state")}
+
+
+def finish(args, run, state, model, device, val_images, val_labels, data_path):
+    """Restore the best-val epoch, choose its threshold on val, write checkpoint, history, curves."""
+    best = unwrap(model)
+    best.load_state_dict(state["best_state"], strict=True)
+    val_probs = predict_proba(best, val_images, NORMALIZATION, device)
+    threshold = youden_threshold(val_labels, val_probs)
+    val_metrics = {"at_0.5": binary_metrics(val_labels, val_probs),
+                   "at_threshold": binary_metrics(val_labels, val_probs, threshold)}
+    checkpoint = make_checkpoint(best, image_size=args.size, normalization=NORMALIZATION,
+                                 threshold=threshold, val_metrics=val_metrics, train_args=run["args"],
+                                 data_sha256=file_sha256(data_path), epoch=state["best_epoch"])
+    checkpoint["git_commit"] = run["git_commit"]
+    save_atomic(checkpoint, args.out)
+    history_path = args.out.with_name(args.out.stem + "_history.json")
+    write_json_atomic(history_path, {**run, "best_epoch": state["best_epoch"], "threshold": threshold,
+                                     "val_metrics": val_metrics, "epochs": state["history"]})
+    figure = plot_curves(state["history"], state["best_epoch"], args.reports / "figures" / "task1_training_curves.png")
+    print(f"best epoch {state['best_epoch']}  val_auc {val_metrics['at_0.5']['auc']:.4f}  "
+          f"threshold {threshold:.3f} (Youden on val)  val_acc@thr {val_metrics['at_threshold']['accuracy']:.4f}")
+    print(f"wrote {args.out}, {history_path}, {figure}")
+
+
+def plot_curves(history, best_epoch, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
+    axes[0].set(title="cross-entropy loss", xlabel="epoch")
+    axes[1].plot(epochs, [h["val_auc"] for h in history], label="val AUC")
+    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy @0.5")
+    axes[1].set(title="val metrics", xlabel="epoch")
+    axes[2].plot(epochs, [h["lr"] for h in history])
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in axes[:2]:
+        ax.axvline(best_epoch, color="grey", ls=":", label=f"selected (epoch {best_epoch})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())
