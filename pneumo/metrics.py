@@ -4,10 +4,11 @@ from sklearn import metrics as skm
 
 
 def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
-    """Threshold-free (AUC, PR AUC) and thresholded metrics of P(pneumonia) against 0/1 labels."""
+    """Threshold-free (AUC, PR AUC) and thresholded metrics of P(pneumonia) against 0/1 labels.
+    Pneumonia is predicted when the probability is strictly above the threshold (medmnist's rule)."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
-    preds = (probs >= threshold).astype(int)
+    preds = (probs > threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
     both = len(np.unique(labels)) == 2
     return {
@@ -27,6 +28,11 @@ def youden_threshold(labels, probs) -> float:
     """The threshold that maximises sensitivity + specificity - 1 (Youden's J). It does not
     depend on class prevalence, so a threshold chosen on val (74 % pneumonia) carries over to a
     test split with another mix (62.5 %) better than an accuracy-maximising one would."""
-    fpr, tpr, thresholds = skm.roc_curve(labels, probs)
+    fpr, tpr, thresholds = skm.roc_curve(labels, probs, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
+    if best == 0:  # predicting no pneumonia at all is best: only for degenerate scores
+        return 1.0
+    # roc_curve predicts positive at score >= thresholds[best]; halfway to the next lower score
+    # gives the same split under the strict ">" rule.
+    lower = thresholds[best + 1] if best + 1 < len(thresholds) else 0.0
+    return float((thresholds[best] + lower) / 2)

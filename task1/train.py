@@ -100,6 +100,7 @@ def main(args):
             print(f"resuming after epoch {state['epoch']} from {resume_path}")
     ddp_model = wrap_distributed(model, device, world_size)
     if is_main:
+        run.update(world_size=world_size, steps_per_epoch=len(loader), device=str(device), amp=str(amp_dtype))
         print(f"device {device} x{world_size}  amp {amp_dtype}  train {len(train_labels)}  val {len(val_labels)}  "
               f"steps/epoch {len(loader)}")
 

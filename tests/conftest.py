@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pneumo.data import write_synthetic_npz  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_SAMPLES = REPO.parent / "shared" / "samples"
+# Small enough for 2 CPU cores, large enough that BatchNorm's running statistics settle.
+SYNTHETIC_COUNTS = {"train": 256, "val": 96, "test": 96}
+FAST_TRAIN = ["--epochs", "3", "--batch_size", "16", "--lr", "2e-3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_npz(root / "pneumoniamnist.npz", counts=SYNTHETIC_COUNTS, seed=0)
+    return root
+
+
+def run_script(script, *args, env=None, timeout=600):
+    """Run a project script as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)

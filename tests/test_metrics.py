@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+from pneumo.metrics import binary_metrics, youden_threshold
+
+
+def test_metrics_by_name_on_a_hand_counted_case():
+    labels = [0, 0, 0, 1, 1, 1, 1, 1]
+    probs = [0.1, 0.6, 0.2, 0.9, 0.8, 0.4, 0.7, 0.95]
+    m = binary_metrics(labels, probs, 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (4, 1, 2, 1)
+    assert m["accuracy"] == pytest.approx(6 / 8) and m["recall"] == pytest.approx(4 / 5)
+    assert m["specificity"] == pytest.approx(2 / 3) and m["precision"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(0.8) and m["auc"] == pytest.approx(14 / 15)
+
+
+def test_youden_threshold_separates_as_roc_curve_says():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(labels * 0.3 + rng.random(400) * 0.7, 0, 1)
+    thr = youden_threshold(labels, probs)
+    m = binary_metrics(labels, probs, thr)
+    best_j = max(binary_metrics(labels, probs, t)["recall"] + binary_metrics(labels, probs, t)["specificity"]
+                 for t in np.unique(probs) - 1e-9)
+    assert m["recall"] + m["specificity"] == pytest.approx(best_j)
