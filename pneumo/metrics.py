@@ -1,5 +1,6 @@
 """Binary classification metrics by name, and the val-chosen decision threshold."""
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 
@@ -36,3 +37,17 @@ def youden_threshold(labels, probs) -> float:
     # gives the same split under the strict ">" rule.
     lower = thresholds[best + 1] if best + 1 < len(thresholds) else 0.0
     return float((thresholds[best] + lower) / 2)
+
+
+def rank_metrics_rows(labels, probs):
+    """ROC AUC and average precision of every row of (R, N) label / probability arrays at once, as
+    scikit-learn defines them (ties grouped); for bootstrap resamples, where calling scikit-learn
+    per row costs seconds. Every row must hold both classes."""
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(axis=1), (~pos).sum(axis=1)
+    ranks = rankdata(probs, axis=1)  # average ranks: a tie counts one half (Mann-Whitney U)
+    auc = ((ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    at_or_above = rankdata(-probs, method="max", axis=1)  # cases scored >= this one
+    positives_at_or_above = rankdata(np.where(pos, -probs, np.inf), method="max", axis=1)
+    average_precision = (positives_at_or_above / at_or_above * pos).sum(axis=1) / n_pos
+    return auc, average_precision

@@ -24,6 +24,16 @@ def synthetic_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_root, tmp_path_factory):
+    """A checkpoint trained by task1/train.py on the synthetic data (about 30 s on 2 cores)."""
+    from task1 import train
+    out = tmp_path_factory.mktemp("trained") / "model.pth"
+    train.main(train.parse_args([*FAST_TRAIN, "--data_root", str(synthetic_root), "--out", str(out),
+                                 "--reports", str(out.parent / "reports")]))
+    return out
+
+
 def run_script(script, *args, env=None, timeout=600):
     """Run a project script as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

@@ -23,3 +23,15 @@ def test_youden_threshold_separates_as_roc_curve_says():
     best_j = max(binary_metrics(labels, probs, t)["recall"] + binary_metrics(labels, probs, t)["specificity"]
                  for t in np.unique(probs) - 1e-9)
     assert m["recall"] + m["specificity"] == pytest.approx(best_j)
+
+
+def test_vectorised_rank_metrics_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from pneumo.metrics import rank_metrics_rows
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, (5, 60))
+    probs = np.round(rng.random((5, 60)), 1)  # many ties, as in bootstrap resamples
+    auc, ap = rank_metrics_rows(labels, probs)
+    for row in range(5):
+        assert auc[row] == pytest.approx(roc_auc_score(labels[row], probs[row]), abs=1e-12)
+        assert ap[row] == pytest.approx(average_precision_score(labels[row], probs[row]), abs=1e-12)

@@ -20,11 +20,9 @@ def train_args(root, out, *extra):
                              "--reports", str(out.parent / "reports"), *extra])
 
 
-@pytest.fixture(scope="module")
-def reference_run(synthetic_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "model.pth"
-    train.main(train_args(synthetic_root, out))
-    return out
+@pytest.fixture
+def reference_run(trained_checkpoint):
+    return trained_checkpoint
 
 
 def test_short_training_really_learns(reference_run, synthetic_root):

@@ -1,0 +1,179 @@
+"""The vision-language model of Task 2: loading (4-bit NF4 on CUDA), prompts, batched generation,
+and reading a narrative's impression back as normal / pneumonia / indeterminate."""
+import gc
+import os
+import re
+import time
+
+import torch
+
+from .runtime import UserError
+
+DEFAULT_VLM = "google/medgemma-4b-it"
+STRATEGIES = ("zero_shot", "clinical_role", "context_aware")
+LABELS = ("normal", "pneumonia", "indeterminate")
+
+REPORT_FORMAT = ("Write a short report with two sections, exactly in this form:\n"
+                 "Findings: <what you see in the lungs, heart and pleura>\n"
+                 "Impression: <one line: 'normal' or 'pneumonia', with a few words of support>")
+CLINICAL_ROLE = ("You are an expert pediatric radiologist reading frontal chest X-rays of children "
+                 "aged 1 to 5. You are careful, concise and state uncertainty plainly.")
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 only where the GPU runs it natively (compute capability 8.0+). A T4 (7.5) reports
+    torch.cuda.is_bf16_supported() == True but emulates it; Gemma 3 in float16 overflows to
+    empty or NaN output, so everything else computes in float32."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(kind: str, dtype: torch.dtype):
+    """NF4 4-bit weights with double quantisation (bitsandbytes), or None for full precision."""
+    if kind == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def load_vlm(model_id: str, quantization: str, device: torch.device):
+    """(model, processor) through AutoModelForImageTextToText + AutoProcessor. Every failure to get a
+    usable model becomes one UserError line that says why and what to do."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    if quantization == "nf4" and device.type != "cuda":
+        raise UserError("4-bit NF4 (bitsandbytes) needs a CUDA GPU and none is in use; run on a GPU "
+                        "(Colab T4), pass --quantization none (full precision, slow), or --vlm none")
+    dtype = compute_dtype(device)
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, token=token)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_id, token=token, dtype=dtype, quantization_config=quantization_config(quantization, dtype),
+            device_map={"": device.index or 0} if device.type == "cuda" else None)
+    except Exception as err:  # hub, auth, cache and format errors all end here; see explain_load_error
+        raise UserError(explain_load_error(model_id, err)) from None
+    if device.type != "cuda":
+        model = model.to(device)
+    processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
+    return model.eval(), processor
+
+
+def explain_load_error(model_id: str, err: Exception) -> str:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    name = type(err).__name__
+    licence = f"https://huggingface.co/{model_id}" if "/" in model_id and not os.path.isdir(model_id) else None
+    gated_hint = (f"accept the model's licence at {licence} and export HF_TOKEN=<a read token>"
+                  if licence else "check the folder holds a saved model and processor")
+    text = str(err).lower()
+    if isinstance(err, GatedRepoError) or "gated" in text or "401" in text or "403" in text:
+        return f"{model_id} is gated and this request was not authorised ({name}): {gated_hint}"
+    if isinstance(err, RepositoryNotFoundError):
+        return f"{model_id} was not found on the hub ({name}); check --model, or {gated_hint}"
+    if "offline" in text or "connect" in text or "couldn't" in text or "cannot find" in text or "not found" in text:
+        return (f"{model_id} is not in the local cache and the hub cannot be reached ({name}); on a machine with "
+                f"network, {gated_hint}, then run again (it is cached after the first download)")
+    return f"could not load {model_id} ({name}: {str(err).splitlines()[0][:200]}); {gated_hint}"
+
+
+def build_messages(strategy: str, image, context: dict | None = None):
+    """One conversation in the official chat format: system text, then the image and the instruction."""
+    if strategy == "zero_shot":
+        system = "You are a helpful medical assistant."
+        instruction = f"Describe this chest X-ray.\n{REPORT_FORMAT}"
+    elif strategy == "clinical_role":
+        system = CLINICAL_ROLE
+        instruction = f"Read this frontal chest radiograph as you would for a referring pediatrician.\n{REPORT_FORMAT}"
+    elif strategy == "context_aware":
+        if not context:
+            raise ValueError("context_aware needs the classifier context")
+        system = CLINICAL_ROLE
+        instruction = ("Read this frontal chest radiograph. Context from other tools, which can be wrong:\n"
+                       f"{context_lines(context)}\nUse the image first; say where you agree or disagree with "
+                       f"the tools.\n{REPORT_FORMAT}")
+    else:
+        raise ValueError(f"unknown prompt strategy {strategy!r}; choose from {STRATEGIES}")
+    return [{"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}]}]
+
+
+def context_lines(context: dict) -> str:
+    lines = [f"- A ResNet-18 classifier gives P(pneumonia) = {context['probability']:.2f} "
+             f"(decision at {context['threshold']:.2f}: {context['prediction']})."]
+    if context.get("region"):
+        lines.append(f"- Its Grad-CAM evidence lies in the {context['region']}.")
+    if context.get("neighbours"):
+        labels = [n["label"] for n in context["neighbours"]]
+        lines.append(f"- Of the {len(labels)} most similar confirmed archive cases, "
+                     f"{labels.count('pneumonia')} had pneumonia and {labels.count('normal')} were normal.")
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def generate(model, processor, conversations, max_new_tokens=300):
+    """Greedy generation for a batch of conversations. Returns one dict per conversation: text,
+    new_tokens, degenerate (empty or NaN: marked, never passed on as a report), and batch timing."""
+    inputs = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt", padding=True)
+    inputs = inputs.to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype if model.dtype != torch.float16 else torch.float32)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         output_scores=True, return_dict_in_generate=True)
+    seconds = time.perf_counter() - start
+    prompt_len = inputs["input_ids"].shape[1]
+    new_tokens = out.sequences[:, prompt_len:]
+    nan_rows = torch.zeros(len(new_tokens), dtype=torch.bool)
+    for scores in out.scores:
+        nan_rows |= torch.isnan(scores.float()).any(dim=-1).cpu()
+    pad_id = processor.tokenizer.pad_token_id
+    results = []
+    for row, tokens in enumerate(new_tokens):
+        text = processor.decode(tokens, skip_special_tokens=True).strip()
+        count = int((tokens != pad_id).sum())
+        reason = "nan" if nan_rows[row] else ("empty" if not text else None)
+        results.append({"text": text, "new_tokens": count, "degenerate": reason})
+    total = sum(r["new_tokens"] for r in results)
+    batch = {"seconds": round(seconds, 3), "tokens_per_second": round(total / seconds, 2) if seconds else None,
+             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None}
+    return [{**r, **batch} for r in results]
+
+
+def release_gpu_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_NEGATED = r"\b(?:no|without|negative for|absence of|free of|not|resolved)\b[^.;\n]{0,40}?"
+_FINDING = r"(?:pneumonia|consolidation|infiltrat\w*|airspace (?:disease|opacit\w*)|opacit\w*|pneumonic)"
+_HEDGE = (r"\b(?:cannot be (?:excluded|ruled out)|can ?not rule out|possible|possibly|may represent|"
+          r"indeterminate|equivocal|uncertain|suspicious for|versus|vs\.?|non-?diagnostic|limited)\b")
+_NORMAL = r"\b(?:normal|clear|unremarkable|no acute|negative)\b"
+
+
+def impression_section(text: str) -> str:
+    """The text after 'Impression:' (up to another heading), else the whole narrative."""
+    match = re.search(r"impression\s*[:\-]\s*(.+?)(?:\n\s*\w[\w ]{0,30}:|\Z)", text, re.I | re.S)
+    return (match.group(1) if match else text).strip()
+
+
+def parse_impression(text: str) -> str:
+    """normal / pneumonia / indeterminate from a narrative's impression. Negated findings ('no
+    consolidation') count as normal, hedges ('cannot be excluded') as indeterminate, and a positive
+    finding outweighs words like 'otherwise normal'."""
+    section = impression_section(text or "").lower()
+    if not section:
+        return "indeterminate"
+    if re.search(_HEDGE, section):
+        return "indeterminate"
+    without_negated = re.sub(_NEGATED + _FINDING, " negative ", section)
+    if re.search(_FINDING, without_negated):
+        return "pneumonia"
+    if re.search(_NORMAL, without_negated):
+        return "normal"
+    return "indeterminate"

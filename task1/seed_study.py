@@ -1,0 +1,80 @@
+"""Test metrics of several val-selected checkpoints (one per seed): mean, spread and each run.
+
+    python task1/train.py --seed 1 --out models/seeds/seed1.pth
+    python task1/train.py --seed 2 --out models/seeds/seed2.pth
+    python task1/seed_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
+
+Each checkpoint was chosen on val by train.py; here each sees the test split once. Writes
+<out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.checkpoint import load_checkpoint
+from pneumo.data import default_data_root, load_split
+from pneumo.inference import predict_proba
+from pneumo.metrics import binary_metrics
+from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, write_json_atomic
+from task1.evaluate import medmnist_check
+
+SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="one checkpoint per seed")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="split to score (default test)")
+    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for task1_seeds.json/.md (default reports)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    return p.parse_args(argv)
+
+
+def main(args):
+    run = print_run_header("seed_study", args)
+    device = resolve_device(args.device)
+    runs = []
+    for path in args.checkpoints:
+        model, meta = load_checkpoint(path, device)
+        images, labels = load_split(args.data_root, args.split, meta["image_size"])
+        probs = predict_proba(model, images, meta["normalization"], device)
+        runs.append({"checkpoint": str(path), "sha256": meta["sha256"], "seed": meta["train_args"].get("seed"),
+                     "best_epoch": meta["epoch"], "val_auc": meta["val_metrics"]["at_0.5"]["auc"],
+                     "at_0.5": binary_metrics(labels, probs, 0.5),
+                     "at_threshold": binary_metrics(labels, probs, meta["threshold"]),
+                     "medmnist_evaluator": medmnist_check(args.data_root, args.split, meta["image_size"], probs)})
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"checkpoints share seeds {seeds}; give one checkpoint per seed")
+    summary = {key: {m: {"mean": float(np.mean([r[key][m] for r in runs])),
+                         "std": float(np.std([r[key][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
+                     for m in SHOWN} for key in ("at_0.5", "at_threshold")}
+    result = {**run, "split": args.split, "runs": runs, "summary": summary}
+    write_json_atomic(args.out / "task1_seeds.json", result)
+    (args.out / "task1_seeds.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+def markdown(result):
+    lines = [f"# Task 1: {result['split']} metrics over {len(result['runs'])} seeds", "",
+             "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
+             "Each checkpoint is the epoch with the best val AUC of one `train.py` run with default settings;",
+             "the threshold column uses that run's Youden threshold chosen on val.", ""]
+    for key, name in (("at_0.5", "threshold 0.5"), ("at_threshold", "val-chosen threshold")):
+        lines += [f"## {name}", "", "| seed | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+        for r in result["runs"]:
+            lines.append(f"| {r['seed']} | " + " | ".join(f"{r[key][m]:.4f}" for m in SHOWN) + " |")
+        s = result["summary"][key]
+        lines += ["| **mean ± sd** | " + " | ".join(f"**{s[m]['mean']:.4f} ± {s[m]['std']:.4f}**" for m in SHOWN) + " |", ""]
+    lines.append("medmnist.Evaluator (AUC, ACC at 0.5): " + ", ".join(
+        f"seed {r['seed']}: {r['medmnist_evaluator']['auc']:.4f} / {r['medmnist_evaluator']['accuracy']:.4f}"
+        for r in result["runs"]))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())

@@ -1,0 +1,269 @@
+"""Radiology reports: a vision-language model's narrative beside the classifier's verdict.
+
+    python task2/generate_reports.py --indices 0 20 70                    # MedGemma-4B, 4-bit NF4 (CUDA)
+    python task2/generate_reports.py --images ../shared/samples/*/*.jpeg --prompt clinical_role
+    python task2/generate_reports.py --evaluate --n 100 --prompt all      # VLM vs truth, per prompt strategy
+    python task2/generate_reports.py --vlm none                           # classifier, Grad-CAM, retrieval only
+
+For each image: P(pneumonia) from the checkpoint and its decision at the val-chosen threshold, the
+Grad-CAM region, the labels and distances of the most similar archived cases (when the Task 3 index
+exists), and the VLM's Findings / Impression for each prompt strategy. Writes <out>/reports.jsonl
+(one record per image and strategy) and <out>/<image>.md; --evaluate adds <out>/evaluation.csv/.md.
+MedGemma is gated: accept its licence on the hub and export HF_TOKEN (never printed or saved).
+"""
+import argparse
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
+
+import numpy as np
+from PIL import Image
+
+from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_image_file, load_split
+from pneumo.explain import coarse_region, gradcam_maps
+from pneumo.inference import embed_images, predict_proba
+from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
+from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
+                            seed_everything, write_json_atomic)
+from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, parse_impression,
+                        release_gpu_memory)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"classifier (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split of --indices / --evaluate (default test)")
+    p.add_argument("--indices", type=int, nargs="+", help="dataset indices (default 0 20 70)")
+    p.add_argument("--images", type=Path, nargs="+", help="image files (PNG/JPEG, any size); the VLM sees the full file")
+    p.add_argument("--k", type=int, default=5, help="similar archived cases in the context (default 5; 0 = none)")
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help="Task 3 index, used when it exists")
+    p.add_argument("--model", default=DEFAULT_VLM, help=f"hub id or local folder of an image-text-to-text model (default {DEFAULT_VLM})")
+    p.add_argument("--vlm", default="on", choices=["on", "auto", "none"],
+                   help="on: a VLM is required; auto: fall back to no narrative, saying why; none: skip the VLM")
+    p.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="nf4 = 4-bit bitsandbytes on CUDA (default)")
+    p.add_argument("--prompt", default="context_aware", choices=[*STRATEGIES, "all"], help="prompt strategy (default context_aware)")
+    p.add_argument("--evaluate", action="store_true", help="score the VLM's impressions on --n images of --split")
+    p.add_argument("--n", type=int, default=100, help="images drawn (seeded) for --evaluate (default 100)")
+    p.add_argument("--batch_size", type=int, default=4, help="conversations per generate call (default 4; 8 fits a T4)")
+    p.add_argument("--max_new_tokens", type=int, default=300, help="longest narrative in tokens (default 300)")
+    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
+    p.add_argument("--out", type=Path, default=Path("reports/task2"), help="folder for records and reports (default reports/task2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --evaluate sample (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    args = p.parse_args(argv)
+    if args.images and args.indices:
+        p.error("give --indices (dataset images) or --images (files), not both")
+    if args.evaluate and (args.images or args.indices):
+        p.error("--evaluate draws its own --n images of --split; drop --images / --indices")
+    if args.evaluate and args.vlm == "none":
+        p.error("--evaluate scores the VLM's narratives; it cannot run with --vlm none")
+    if args.batch_size < 1 or args.n < 1 or args.k < 0:
+        p.error("--batch_size and --n must be >= 1, --k >= 0")
+    return args
+
+
+def main(args):
+    run = print_run_header("generate_reports", args)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    cases = gather_cases(args)
+    classifier_blocks(args, cases, device)
+    release_gpu_memory()  # the classifier's GPU memory goes back before the VLM loads
+
+    strategies = list(STRATEGIES) if args.prompt == "all" else [args.prompt]
+    vlm, why_none = load_or_explain(args, device)
+    records = []
+    for strategy in strategies:
+        for start in range(0, len(cases), args.batch_size):
+            batch = cases[start:start + args.batch_size]
+            narratives = narrate(vlm, batch, strategy, args.max_new_tokens) if vlm else [None] * len(batch)
+            records += [record(args, run, case, strategy, narrative, why_none, vlm)
+                        for case, narrative in zip(batch, narratives)]
+        if vlm is None:
+            break  # without a VLM the strategies do not differ
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.out / "reports.jsonl", records)
+    for case in cases:
+        (args.out / f"{case['slug']}.md").write_text(markdown_report(case, [r for r in records if r["image"] == case["name"]]))
+    print(f"wrote {len(records)} records to {args.out / 'reports.jsonl'} and {len(cases)} Markdown reports to {args.out}")
+    if args.evaluate:
+        return evaluate(args, records, strategies)
+    return records
+
+
+def gather_cases(args):
+    """Each case: name, slug, classifier-size image, the image the VLM sees, label (None for files)."""
+    if args.images:
+        cases = []
+        for path in args.images:
+            small = load_image_file(path, 28)  # validates the file, one clear line if unreadable
+            with Image.open(path) as img:
+                full = img.convert("RGB")
+            cases.append({"name": str(path), "slug": slug(Path(path).stem), "small": small, "vlm_image": full, "label": None,
+                          "key": None})
+        return cases
+    images, labels = load_split(args.data_root, args.split, 28)
+    if args.evaluate:
+        rng = np.random.default_rng(args.seed)
+        indices = sorted(rng.choice(len(labels), size=min(args.n, len(labels)), replace=False).tolist())
+    else:
+        indices = args.indices if args.indices is not None else [0, 20, 70]
+    bad = [i for i in indices if not 0 <= i < len(labels)]
+    if bad:
+        raise UserError(f"--indices {bad} out of range: the {args.split} split has indices 0..{len(labels) - 1}")
+    return [{"name": f"{args.split} #{i}", "slug": f"{args.split}_{i}", "small": images[i],
+             "vlm_image": Image.fromarray(images[i]).convert("RGB"), "label": CLASS_NAMES[labels[i]],
+             "key": (args.split, i)} for i in indices]
+
+
+def classifier_blocks(args, cases, device):
+    """Probability, decision, Grad-CAM region and (when the index exists) neighbours, per case."""
+    model, meta = load_checkpoint(args.checkpoint, device)
+    small = np.stack([c["small"] for c in cases])
+    probs = predict_proba(model, small, meta["normalization"], device)
+    maps, _ = gradcam_maps(model, small, meta["normalization"], device, target_classes=[1] * len(cases))
+    neighbours = [None] * len(cases)
+    if args.k and args.index.exists():
+        index, index_meta = load_index(args.index, meta["sha256"])
+        vectors = embed_images(model, small, meta["normalization"], device)
+        neighbours = search(index, index_meta, vectors, args.k, exclusions(index_meta, [c["key"] for c in cases]))
+    elif args.k:
+        print(f"note: no retrieval index at {args.index}; reports go without similar cases "
+              f"(build one with python task3/build_index.py)")
+    for case, prob, cam, hits in zip(cases, probs, maps, neighbours):
+        case["classifier"] = {
+            "checkpoint_sha256": meta["sha256"], "probability": round(float(prob), 4), "threshold": round(meta["threshold"], 4),
+            "prediction": CLASS_NAMES[int(prob > meta["threshold"])], "region": coarse_region(cam),
+            "neighbours": [{k: h[k] for k in ("rank", "split", "index", "label", "distance", "similarity") if k in h}
+                           for h in hits] if hits else None}
+    del model
+
+
+def load_or_explain(args, device):
+    """(model, processor) or None, and why there is no narrative when there is none."""
+    if args.vlm == "none":
+        return None, "--vlm none: no narrative was generated"
+    try:
+        return load_vlm(args.model, args.quantization, device), None
+    except UserError as err:
+        if args.vlm == "on":
+            raise
+        print(f"note: no narrative: {err}")
+        return None, f"no VLM could be loaded: {err}"
+
+
+def narrate(vlm, batch, strategy, max_new_tokens):
+    model, processor = vlm
+    conversations = [build_messages(strategy, case["vlm_image"], context(case)) for case in batch]
+    return generate(model, processor, conversations, max_new_tokens)
+
+
+def context(case):
+    c = case["classifier"]
+    return {"probability": c["probability"], "threshold": c["threshold"], "prediction": c["prediction"],
+            "region": c["region"], "neighbours": c["neighbours"]}
+
+
+def record(args, run, case, strategy, narrative, why_none, vlm):
+    base = {"image": case["name"], "label": case["label"], "classifier": case["classifier"], "git_commit": run["git_commit"]}
+    if narrative is None:
+        return {**base, "strategy": None, "model": None, "narrative": None, "impression": None, "note": why_none}
+    processor = vlm[1]
+    size = getattr(processor.image_processor, "size", None)
+    w, h = case["vlm_image"].size
+    prompt = build_messages(strategy, "<image>", context(case))
+    usable = narrative["degenerate"] is None
+    return {**base, "strategy": strategy, "model": args.model, "quantization": args.quantization,
+            "vlm_input": f"{w}x{h} RGB, resized by the processor to {size}",
+            "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
+                       for m in prompt],
+            "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
+            "degenerate": narrative["degenerate"],
+            "impression": parse_impression(narrative["text"]) if usable else "indeterminate",
+            "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
+            "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
+
+
+def write_jsonl(path, records):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def slug(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+
+
+def markdown_report(case, records):
+    c = case["classifier"]
+    hits = c["neighbours"] or []
+    similar = ", ".join(f"{h['label']} ({h.get('distance', h.get('similarity')):.2f})" for h in hits) or "no index"
+    lines = [f"# Chest X-ray report: {case['name']}", "",
+             f"Ground truth: {case['label'] or 'unknown (user image)'}", "",
+             "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
+             f"| P(pneumonia) | {c['probability']:.3f} |",
+             f"| Decision at val threshold {c['threshold']:.3f} | **{c['prediction']}** |",
+             f"| Grad-CAM evidence (pneumonia) | {c['region']} |",
+             f"| Most similar archived cases (label, distance) | {similar} |", ""]
+    for r in records:
+        if r["narrative"] is None and r.get("note"):
+            lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]
+            continue
+        lines += [f"## Narrative: {r['strategy']} prompt ({r['model']}, {r['quantization']})", ""]
+        if r["degenerate"]:
+            lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
+            continue
+        lines += [r["narrative"], "", "| Classifier | VLM impression (parsed) |", "|---|---|",
+                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} |", ""]
+    lines.append("_Research output, not a diagnosis. Generated by task2/generate_reports.py._")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(args, records, strategies):
+    """Per strategy: accuracy, sensitivity, specificity against the truth, agreement with the
+    classifier, indeterminate rate. Indeterminate counts as wrong in accuracy."""
+    rows = []
+    for strategy in strategies:
+        rs = [r for r in records if r["strategy"] == strategy]
+        truth = np.array([r["label"] for r in rs])
+        said = np.array([r["impression"] for r in rs])
+        clf = np.array([r["classifier"]["prediction"] for r in rs])
+        pos, neg = truth == "pneumonia", truth == "normal"
+        rows.append({"strategy": strategy, "n": len(rs), "accuracy": float((said == truth).mean()),
+                     "sensitivity": float((said[pos] == "pneumonia").mean()) if pos.any() else float("nan"),
+                     "specificity": float((said[neg] == "normal").mean()) if neg.any() else float("nan"),
+                     "agreement_with_classifier": float((said == clf).mean()),
+                     "indeterminate_rate": float((said == "indeterminate").mean()),
+                     "degenerate": int(sum(r["degenerate"] is not None for r in rs))})
+    clf_rs = [r for r in records if r["strategy"] == strategies[0]]
+    truth = np.array([r["label"] for r in clf_rs])
+    clf = np.array([r["classifier"]["prediction"] for r in clf_rs])
+    rows.append({"strategy": "classifier (reference)", "n": len(clf_rs), "accuracy": float((clf == truth).mean()),
+                 "sensitivity": float((clf[truth == "pneumonia"] == "pneumonia").mean()),
+                 "specificity": float((clf[truth == "normal"] == "normal").mean()),
+                 "agreement_with_classifier": 1.0, "indeterminate_rate": 0.0, "degenerate": 0})
+    with open(args.out / "evaluation.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cols = ["n", "accuracy", "sensitivity", "specificity", "agreement_with_classifier", "indeterminate_rate", "degenerate"]
+    md = [f"# VLM impressions against the truth: {args.model} ({args.quantization}), {rows[0]['n']} {args.split} images",
+          "", f"Written by `python task2/generate_reports.py --evaluate --n {args.n} --prompt {args.prompt}` "
+          f"(seed {args.seed}).", "", "| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    md += [f"| {r['strategy']} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
+           for r in rows]
+    (args.out / "evaluation.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    write_json_atomic(args.out / "evaluation.json", {"model": args.model, "quantization": args.quantization,
+                                                     "split": args.split, "seed": args.seed, "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())

@@ -1,0 +1,75 @@
+"""Embed the archive of confirmed cases with the classifier and index it with FAISS.
+
+    python task3/build_index.py                                  # train + val, exact L2 (default)
+    python task3/build_index.py --split train val test           # include test, as some setups do
+    python task3/build_index.py --metric cosine --index_type hnsw --out /tmp/hnsw.faiss
+
+Writes <out> (FAISS index) and <out stem>.json (row -> split, index, label; metric; the checkpoint's
+SHA-256; build parameters), both atomically. Exact search suits archives up to about a million cases
+on one machine; see the README for when to pick HNSW or IVF.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_split
+from pneumo.inference import embed_images
+from pneumo.retrieval import DEFAULT_INDEX, INDEX_TYPES, METRICS, build_index, meta_path, save_index
+from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--split", nargs="+", default=["train", "val"], choices=SPLITS,
+                   help="splits in the archive (default train val; add test to index it too)")
+    p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
+    p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
+    p.add_argument("--hnsw_m", type=int, default=32, help="HNSW links per node (default 32)")
+    p.add_argument("--ef_search", type=int, default=64, help="HNSW search breadth (default 64)")
+    p.add_argument("--nlist", type=int, help="IVF cells (default about 4*sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query (default 16)")
+    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_INDEX), help=f"index file (default {DEFAULT_INDEX})")
+    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    args = p.parse_args(argv)
+    if len(set(args.split)) != len(args.split):
+        p.error("--split lists a split twice")
+    return args
+
+
+def main(args):
+    run = print_run_header("build_index", args)
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    vectors, rows = [], []
+    start = time.perf_counter()
+    for split in args.split:
+        images, labels = load_split(args.data_root, split, meta["image_size"])
+        vectors.append(embed_images(model, images, meta["normalization"], device, args.batch_size, desc=f"embed {split}"))
+        rows += [{"split": split, "index": i, "label": CLASS_NAMES[y]} for i, y in enumerate(labels.tolist())]
+    vectors = np.concatenate(vectors)
+    embed_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    index = build_index(vectors, args.index_type, args.metric, hnsw_m=args.hnsw_m, ef_search=args.ef_search,
+                        nlist=args.nlist, nprobe=args.nprobe)
+    build = {"index_type": args.index_type, "splits": args.split, "dim": int(vectors.shape[1]),
+             "embed_seconds": round(embed_seconds, 2), "build_seconds": round(time.perf_counter() - start, 3)}
+    if args.index_type == "hnsw":
+        build.update(hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+    if args.index_type == "ivf":
+        build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
+    save_index(index, {**run, "checkpoint": meta["path"], "checkpoint_sha256": meta["sha256"],
+                       "metric": args.metric, "image_size": meta["image_size"], "build": build, "rows": rows}, args.out)
+    counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
+    print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
+          f"wrote {args.out} and {meta_path(args.out)}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())

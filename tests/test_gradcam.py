@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHARED_SAMPLES, run_script
+from pneumo.checkpoint import load_checkpoint
+from pneumo.data import load_split
+from pneumo.explain import coarse_region, deletion_auc, deletion_curves, gradcam_maps
+from pneumo.model import build_model
+
+
+@pytest.fixture(scope="module")
+def model_and_images(trained_checkpoint, synthetic_root):
+    model, meta = load_checkpoint(trained_checkpoint)
+    images, labels = load_split(synthetic_root, "test")
+    return model, meta, images[:32], labels[:32]
+
+
+def test_maps_are_normalised_per_image_at_input_size(model_and_images):
+    model, meta, images, _ = model_and_images
+    maps, targets = gradcam_maps(model, images, meta["normalization"], "cpu", batch_size=10)
+    assert maps.shape == (32, 28, 28) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    assert set(targets) <= {0, 1}
+
+
+def test_model_randomisation_changes_the_maps(model_and_images):
+    """Adebayo et al. 2018: maps that survive re-initialising the weights explain nothing."""
+    model, meta, images, labels = model_and_images
+    trained, _ = gradcam_maps(model, images, meta["normalization"], "cpu", target_classes=labels)
+    torch.manual_seed(123)
+    random_model = build_model().eval()
+    randomised, _ = gradcam_maps(random_model, images, meta["normalization"], "cpu", target_classes=labels)
+    correlations = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(trained, randomised)
+                    if a.std() > 0 and b.std() > 0]
+    assert np.mean(np.abs(np.nan_to_num(correlations))) < 0.5
+
+
+def test_gradcam_is_more_faithful_than_random_maps(model_and_images):
+    model, meta, images, labels = model_and_images
+    positives = images[labels == 1]
+    maps, targets = gradcam_maps(model, positives, meta["normalization"], "cpu")
+    noise = np.random.default_rng(0).random(maps.shape).astype(np.float32)
+    cam_auc = deletion_auc(deletion_curves(model, positives, maps, targets, meta["normalization"], "cpu")).mean()
+    rnd_auc = deletion_auc(deletion_curves(model, positives, noise, targets, meta["normalization"], "cpu")).mean()
+    assert cam_auc < rnd_auc
+
+
+def test_coarse_region_speaks_in_patient_terms():
+    cam = np.zeros((28, 28))
+    cam[18:24, 4:10] = 1.0  # image-left, low: the patient's right lower zone
+    assert coarse_region(cam) == "right lung, lower zone"
+    cam = np.zeros((28, 28))
+    cam[4:9, 19:24] = 1.0
+    assert coarse_region(cam) == "left lung, upper zone"
+    cam[4:9, 4:9] = 1.0
+    assert coarse_region(cam) == "bilateral upper zone"
+
+
+def test_cli_explains_user_files_and_refuses_bad_ones(trained_checkpoint, tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 180, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    files = [tmp_path / "photo.png", *sorted(SHARED_SAMPLES.glob("*/*.jpeg"))[:1]]
+    result = run_script("task1/gradcam.py", "--checkpoint", trained_checkpoint, "--images", *files,
+                        "--out", tmp_path / "out", "--target", "pneumonia")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "task1_gradcam_images.json").read_text())
+    assert len(record["images"]) == len(files) and all(r["target"] == "pneumonia" for r in record["images"])
+    assert (tmp_path / "out" / "figures" / "task1_gradcam_images.png").stat().st_size > 20_000
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    bad = run_script("task1/gradcam.py", "--checkpoint", trained_checkpoint, "--images", tmp_path / "broken.png",
+                     "--out", tmp_path / "out2")
+    assert bad.returncode == 1 and "not a readable image" in bad.stderr and not (tmp_path / "out2").exists()

@@ -1,0 +1,146 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script
+from pneumo.runtime import UserError
+from pneumo.vlm import (build_messages, compute_dtype, generate, load_vlm, parse_impression,
+                        quantization_config)
+from task2 import generate_reports
+from tiny_gemma3 import save_tiny_gemma3
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    return save_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Findings: The lungs are clear. No focal consolidation.\nImpression: Normal chest radiograph.", "normal"),
+    ("Findings: Patchy opacity in the right lower lobe.\nImpression: Right lower lobe pneumonia.", "pneumonia"),
+    ("Impression: No evidence of pneumonia. Heart size normal.", "normal"),
+    ("Impression: Findings consistent with pneumonia; otherwise normal cardiac silhouette.", "pneumonia"),
+    ("Impression: Subtle left basilar opacity; early pneumonia cannot be excluded.", "indeterminate"),
+    ("Findings: Bilateral perihilar infiltrates.\nImpression: Viral pneumonia versus reactive airway disease.",
+     "indeterminate"),
+    ("Findings: Lungs are clear.", "normal"),
+    ("Impression: Limited study due to rotation.", "indeterminate"),
+    ("", "indeterminate"),
+    ("Findings: Dense consolidation of the left upper lobe. Impression: lobar consolidation.", "pneumonia"),
+])
+def test_impression_parser_on_real_looking_narratives(text, expected):
+    assert parse_impression(text) == expected
+
+
+def test_quantisation_config_is_nf4_with_double_quantisation():
+    config = quantization_config("nf4", torch.float32)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.float32
+    assert quantization_config("none", torch.float32) is None
+    assert compute_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_nf4_without_cuda_says_why(tiny_vlm):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        load_vlm(str(tiny_vlm), "nf4", torch.device("cpu"))
+
+
+def test_gated_model_without_network_points_at_licence_and_token(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(UserError) as err:
+        load_vlm("example-org/medgemma-that-does-not-exist", "none", torch.device("cpu"))
+    message = str(err.value)
+    assert "https://huggingface.co/example-org/medgemma-that-does-not-exist" in message and "HF_TOKEN" in message
+    assert "\n" not in message
+
+
+def test_each_prompt_strategy_carries_what_it_should():
+    context = {"probability": 0.91, "threshold": 0.62, "prediction": "pneumonia", "region": "right lung, lower zone",
+               "neighbours": [{"label": "pneumonia"}] * 4 + [{"label": "normal"}]}
+    zero = build_messages("zero_shot", "IMG")
+    role = build_messages("clinical_role", "IMG")
+    aware = build_messages("context_aware", "IMG", context)
+    for messages in (zero, role, aware):
+        assert [m["role"] for m in messages] == ["system", "user"]
+        assert messages[1]["content"][0] == {"type": "image", "image": "IMG"}
+        assert "Impression:" in messages[1]["content"][1]["text"]
+    assert "radiologist" not in zero[0]["content"][0]["text"] and "radiologist" in role[0]["content"][0]["text"]
+    text = aware[1]["content"][1]["text"]
+    assert "0.91" in text and "right lung, lower zone" in text and "4 had pneumonia and 1 were normal" in text
+    assert "0.91" not in role[1]["content"][1]["text"]
+
+
+def test_tiny_gemma3_loads_through_the_medgemma_path_and_generates_in_batches(tiny_vlm):
+    model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    images = [Image.new("RGB", (28, 28), 128), Image.new("RGB", (300, 200), 30)]
+    conversations = [build_messages("zero_shot", img) for img in images]
+    out = generate(model, processor, conversations, max_new_tokens=5)
+    assert len(out) == 2 and all(o["new_tokens"] <= 5 for o in out)
+    assert all(o["degenerate"] in (None, "empty") for o in out)
+
+
+def test_empty_or_nan_generations_are_marked(tiny_vlm, monkeypatch):
+    model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
+    conversations = [build_messages("zero_shot", Image.new("RGB", (28, 28)))]
+    real_generate = model.generate
+
+    def nan_generate(**kwargs):
+        out = real_generate(**kwargs)
+        out.scores = tuple(torch.full_like(s, float("nan")) for s in out.scores)
+        return out
+    monkeypatch.setattr(model, "generate", nan_generate)
+    assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] == "nan"
+
+    def pad_only(**kwargs):
+        out = real_generate(**kwargs)
+        prompt = kwargs["input_ids"].shape[1]
+        out.sequences[:, prompt:] = processor.tokenizer.pad_token_id
+        return out
+    monkeypatch.setattr(model, "generate", pad_only)
+    assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] == "empty"
+
+
+def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoint, synthetic_root, tmp_path):
+    out = tmp_path / "task2"
+    records = generate_reports.main(generate_reports.parse_args([
+        "--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root), "--indices", "0", "1", "2",
+        "--model", str(tiny_vlm), "--quantization", "none", "--prompt", "all", "--batch_size", "2",
+        "--max_new_tokens", "4", "--out", str(out), "--device", "cpu", "--index", str(tmp_path / "none.faiss")]))
+    assert len(records) == 9 and {r["strategy"] for r in records} == {"zero_shot", "clinical_role", "context_aware"}
+    lines = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
+    assert lines == records
+    for r in lines:
+        assert r["model"] == str(tiny_vlm) and r["impression"] in ("normal", "pneumonia", "indeterminate")
+        assert 0 <= r["classifier"]["probability"] <= 1 and r["classifier"]["prediction"] in ("normal", "pneumonia")
+        assert "resized by the processor" in r["vlm_input"] and r["tokens_per_second"] is not None
+    aware = next(r for r in lines if r["strategy"] == "context_aware")
+    assert f"{aware['classifier']['probability']:.2f}" in aware["prompt"][1]["text"]
+    report = (out / "test_0.md").read_text()
+    assert "P(pneumonia)" in report and report.count("## Narrative") == 3
+
+
+def test_no_vlm_path_writes_structured_reports_and_says_so(trained_checkpoint, synthetic_root, tmp_path):
+    result = run_script("task2/generate_reports.py", "--checkpoint", trained_checkpoint, "--data_root", synthetic_root,
+                        "--vlm", "none", "--indices", "4", "--out", tmp_path / "r", "--index", tmp_path / "none.faiss")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "r" / "reports.jsonl").read_text())
+    assert record["narrative"] is None and "no narrative was generated" in record["note"]
+    assert "No narrative" in (tmp_path / "r" / "test_4.md").read_text()
+
+
+def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synthetic_root, tmp_path):
+    common = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--indices", "4",
+              "--model", "example-org/not-here", "--quantization", "none", "--index", tmp_path / "none.faiss"]
+    auto = run_script("task2/generate_reports.py", *common, "--vlm", "auto", "--out", tmp_path / "a",
+                      env={"HF_HUB_OFFLINE": "1"})
+    assert auto.returncode == 0 and "note: no narrative" in auto.stdout
+    on = run_script("task2/generate_reports.py", *common, "--vlm", "on", "--out", tmp_path / "b",
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert on.returncode == 1 and "HF_TOKEN" in on.stderr and len(on.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
