@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end: set up, train the classifier, evaluate it on test, explain it with Grad-CAM.
-# About 15 minutes on a 2-core CPU (training is 12 of them).
+# The main job, end to end: set up; train, evaluate and explain the classifier; index and query the
+# archive; write reports (with MedGemma when it can be loaded). About 25 minutes on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,3 +17,10 @@ if compgen -G "../shared/samples/*/*.jpeg" > /dev/null; then
     $PY task1/gradcam.py --images ../shared/samples/*/*.jpeg
 fi
 $PY task1/gradcam.py --faithfulness --split test
+
+echo "== Task 3: index train+val embeddings, query test images 0, 20, 70, evaluate retrieval on test"
+$PY task3/build_index.py
+$PY task3/query.py --indices 0 20 70
+$PY task3/query.py --evaluate
+echo "== Task 2: reports for test images 0, 20, 70 (MedGemma when it can be loaded, else without narrative)"
+$PY task2/generate_reports.py --vlm auto --indices 0 20 70 --prompt all

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -94,8 +93,6 @@ def test_bad_flags_and_missing_data_fail_in_one_line(tmp_path):
     assert not (tmp_path / "m.pth").exists()
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (REPO / ".venv/bin/torchrun").exists(),
-                    reason="torchrun not installed")
 def test_two_process_data_parallel_run(synthetic_root, tmp_path):
     out = tmp_path / "ddp.pth"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
