@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--images", type=Path, nargs="+", help="image files (PNG/JPEG, any size and mode)")
     p.add_argument("--target", default="predicted", choices=["predicted", *CLASS_NAMES],
                    help="class whose evidence is mapped (default: the predicted class)")
-    p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS, help=f"Grad-CAM layer (default {DEFAULT_LAYER}: 7x7 maps at 28 px)")
+    p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS, help=f"Grad-CAM layer (default {DEFAULT_LAYER}: 4x4 maps at 28 px; layer3 gives 7x7)")
     p.add_argument("--faithfulness", action="store_true", help="deletion test of both layers' maps and of random maps over the whole split")
     p.add_argument("--limit", type=int, help="with --faithfulness: only the first N images of the split")
     p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
