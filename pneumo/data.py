@@ -70,6 +70,14 @@ def load_split(root, split: str, size: int = 28):
     return images, labels.astype(np.int64)
 
 
+def check_indices(indices, n: int, split: str) -> list:
+    """The indices themselves, or one clear error naming those outside 0..n-1."""
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise UserError(f"--indices {bad} out of range: the {split} split has indices 0..{n - 1}")
+    return list(indices)
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

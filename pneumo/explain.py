@@ -89,8 +89,8 @@ def plot_panels(panels, path, title=None, cols=4):
     import matplotlib.pyplot as plt
     rows = max(1, int(np.ceil(len(panels) / cols)))
     cols = min(cols, max(1, len(panels)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows + (0.4 if title else 0)),
-                             squeeze=False)
+    height = 3.3 * rows + (0.5 if title else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, panel in zip(axes.ravel(), panels):
@@ -103,7 +103,7 @@ def plot_panels(panels, path, title=None, cols=4):
         ax.set_title(panel.get("title", ""), fontsize=9, color=panel.get("color", "black"))
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height) if title else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,11 +20,11 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
 from pneumo.explain import DEFAULT_LAYER, gradcam_maps, plot_panels
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, rank_metrics_rows
-from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
+from pneumo.runtime import (exit_on_user_error, print_run_header, resolve_device,
                             write_json_atomic)
 
 CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")
@@ -97,10 +97,7 @@ def main(args):
 def select_indices(requested, n, split):
     if requested is None:
         return np.arange(n)
-    bad = [i for i in requested if not 0 <= i < n]
-    if bad:
-        raise UserError(f"--indices {bad} out of range: the {split} split has indices 0..{n - 1}")
-    return np.asarray(requested)
+    return np.asarray(check_indices(requested, n, split))
 
 
 def with_bootstrap(labels, probs, thresholds, n_boot, seed):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
 from pneumo.explain import (DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves,
                             gradcam_maps, plot_panels)
 from pneumo.inference import predict_proba
-from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
+from pneumo.runtime import (exit_on_user_error, print_run_header, resolve_device,
                             seed_everything, write_json_atomic)
 
 LAYERS = ("layer3", "layer4")
@@ -91,10 +91,7 @@ def gather_inputs(args, size):
         images = np.stack([load_image_file(p, size) for p in args.images])
         return images, [None] * len(images), [Path(p).name for p in args.images], "images"
     all_images, all_labels = load_split(args.data_root, args.split, size)
-    indices = args.indices if args.indices is not None else [0, 20, 70]
-    bad = [i for i in indices if not 0 <= i < len(all_labels)]
-    if bad:
-        raise UserError(f"--indices {bad} out of range: the {args.split} split has indices 0..{len(all_labels) - 1}")
+    indices = check_indices(args.indices if args.indices is not None else [0, 20, 70], len(all_labels), args.split)
     return (all_images[indices], [int(all_labels[i]) for i in indices],
             [f"{args.split} #{i}" for i in indices], args.split)
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
 from pneumo.explain import coarse_region, gradcam_maps
 from pneumo.inference import embed_images, predict_proba
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
@@ -113,9 +113,7 @@ def gather_cases(args):
         indices = sorted(rng.choice(len(labels), size=min(args.n, len(labels)), replace=False).tolist())
     else:
         indices = args.indices if args.indices is not None else [0, 20, 70]
-    bad = [i for i in indices if not 0 <= i < len(labels)]
-    if bad:
-        raise UserError(f"--indices {bad} out of range: the {args.split} split has indices 0..{len(labels) - 1}")
+    indices = check_indices(indices, len(labels), args.split)
     return [{"name": f"{args.split} #{i}", "slug": f"{args.split}_{i}", "small": images[i],
              "vlm_image": Image.fromarray(images[i]).convert("RGB"), "label": CLASS_NAMES[labels[i]],
              "key": (args.split, i)} for i in indices]

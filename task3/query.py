@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
 from pneumo.explain import plot_panels
 from pneumo.inference import embed_images
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, write_json_atomic
+from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, write_json_atomic
 
 EVAL_KS = (1, 5, 10)
 
@@ -76,10 +76,7 @@ def gather_queries(args, size):
         images = np.stack([load_image_file(p, size) for p in args.images])
         return images, [None] * len(images), [str(p) for p in args.images], [None] * len(images)
     all_images, all_labels = load_split(args.data_root, args.split, size)
-    indices = args.indices if args.indices is not None else [0, 20, 70]
-    bad = [i for i in indices if not 0 <= i < len(all_labels)]
-    if bad:
-        raise UserError(f"--indices {bad} out of range: the {args.split} split has indices 0..{len(all_labels) - 1}")
+    indices = check_indices(args.indices if args.indices is not None else [0, 20, 70], len(all_labels), args.split)
     return (all_images[indices], [CLASS_NAMES[all_labels[i]] for i in indices],
             [f"{args.split} #{i}" for i in indices], [(args.split, i) for i in indices])
 
