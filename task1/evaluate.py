@@ -247,7 +247,8 @@ def plot_reliability(labels, probs, calib, path):
 def plot_failures(model, images, indices, labels, probs, failures, meta, device, path):
     cases = [("FP", c) for c in failures["false_positives"]] + [("FN", c) for c in failures["false_negatives"]]
     positions = [c["position"] for _, c in cases]
-    maps, targets = gradcam_maps(model, images[positions], meta["normalization"], device)
+    decisions = (probs[positions] > meta["threshold"]).astype(int)
+    maps, targets = gradcam_maps(model, images[positions], meta["normalization"], device, target_classes=decisions)
     panels = [{"image": images[pos], "cam": cam, "color": "darkred",
                "title": f"{kind} #{c['index']}  label {CLASS_NAMES[labels[pos]]}\n"
                         f"P(pneumonia) {probs[pos]:.3f}  CAM for {CLASS_NAMES[t]}"}

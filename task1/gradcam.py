@@ -59,7 +59,10 @@ def main(args):
         return faithfulness(args, run, model, meta, device)
     images, labels, names, tag = gather_inputs(args, meta["image_size"])
     probs = predict_proba(model, images, meta["normalization"], device)
-    targets = None if args.target == "predicted" else [CLASS_NAMES.index(args.target)] * len(images)
+    if args.target == "predicted":  # the decision at the checkpoint's threshold, as printed on each panel
+        targets = (probs > meta["threshold"]).astype(int).tolist()
+    else:
+        targets = [CLASS_NAMES.index(args.target)] * len(images)
     start = time.perf_counter()
     maps, used = gradcam_maps(model, images, meta["normalization"], device, targets, args.layer, args.batch_size)
     seconds = time.perf_counter() - start
@@ -97,7 +100,8 @@ def gather_inputs(args, size):
 
 
 def faithfulness(args, run, model, meta, device):
-    """Deletion curves of Grad-CAM at both layers and of random maps, for the predicted class."""
+    """Deletion curves of Grad-CAM at both layers and of random maps, for the class the logits favour
+    (argmax, i.e. the decision at 0.5)."""
     images, _ = load_split(args.data_root, args.split, meta["image_size"])
     if args.limit:
         images = images[:args.limit]
