@@ -53,3 +53,12 @@ def test_retrieval_report_quotes_the_evaluation_and_examples():
     queries = load("task3_query_results.json")
     for q in queries["queries"]:
         assert_cited(text, {f"{q['query']}.#{h['rank']}": h["distance"] for h in q["neighbours"]}, ".3f")
+
+
+def test_retrieval_report_quotes_the_scale_benchmark():
+    text = (REPORTS / "task3_retrieval.md").read_text()
+    rows = load("benchmark_task3.json")["rows"]
+    flat = {r["n"]: r for r in rows if r["index"] == "flat"}
+    assert_cited(text, {f"flat.{n}.p50": r["p50_ms"] for n, r in flat.items()}, ".3f")
+    assert_cited(text, {f"hnsw.100000.recall": next(r["recall@10"] for r in rows
+                                                     if r["n"] == 100_000 and r["index"].startswith("hnsw"))}, ".3f")
