@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_inputs, load_split
 from pneumo.explain import (DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves,
                             gradcam_maps, plot_panels)
 from pneumo.inference import predict_proba
@@ -57,7 +57,9 @@ def main(args):
     model, meta = load_checkpoint(args.checkpoint, device)
     if args.faithfulness:
         return faithfulness(args, run, model, meta, device)
-    images, labels, names, tag = gather_inputs(args, meta["image_size"])
+    images, labels, paths, _ = load_inputs(args.images, args.indices, args.data_root, args.split, meta["image_size"])
+    names = [Path(p).name for p in paths] if args.images else paths
+    tag = "images" if args.images else args.split
     probs = predict_proba(model, images, meta["normalization"], device)
     if args.target == "predicted":  # the decision at the checkpoint's threshold, as printed on each panel
         targets = (probs > meta["threshold"]).astype(int).tolist()
@@ -69,10 +71,10 @@ def main(args):
     records, panels = [], []
     for name, image, label, prob, cam, target in zip(names, images, labels, probs, maps, used):
         pred = CLASS_NAMES[int(prob > meta["threshold"])]
-        record = {"image": name, "label": None if label is None else CLASS_NAMES[label], "probability": float(prob),
+        record = {"image": name, "label": label, "probability": float(prob),
                   "prediction": pred, "target": CLASS_NAMES[target], "region": coarse_region(cam)}
         records.append(record)
-        wrong = label is not None and CLASS_NAMES[label] != pred
+        wrong = label is not None and label != pred
         panels.append({"image": image, "cam": cam, "color": "darkred" if wrong else "black",
                        "title": f"{name}  label {record['label'] or '?'}\npred {pred}  P(pneu) {prob:.3f}\n"
                                 f"map: {record['target']}, {record['region']}"})
@@ -86,17 +88,6 @@ def main(args):
               f"{r['target']} evidence: {r['region']}")
     print(f"wrote {figure} and {out}")
     return records
-
-
-def gather_inputs(args, size):
-    """uint8 images, labels (None for files), display names and an output tag."""
-    if args.images:
-        images = np.stack([load_image_file(p, size) for p in args.images])
-        return images, [None] * len(images), [Path(p).name for p in args.images], "images"
-    all_images, all_labels = load_split(args.data_root, args.split, size)
-    indices = check_indices(args.indices if args.indices is not None else [0, 20, 70], len(all_labels), args.split)
-    return (all_images[indices], [int(all_labels[i]) for i in indices],
-            [f"{args.split} #{i}" for i in indices], args.split)
 
 
 def faithfulness(args, run, model, meta, device):

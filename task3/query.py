@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_inputs, load_split
 from pneumo.explain import plot_panels
 from pneumo.inference import embed_images
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
@@ -55,7 +55,7 @@ def main(args):
     if args.evaluate:
         return evaluate(args, run, model, meta, index, index_meta, device)
 
-    images, labels, names, keys = gather_queries(args, meta["image_size"])
+    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, meta["image_size"])
     vectors = embed_images(model, images, meta["normalization"], device, args.batch_size)
     results = search(index, index_meta, vectors, args.k, exclusions(index_meta, keys))
     records = [{"query": name, "label": label, "neighbours": hits}
@@ -68,17 +68,6 @@ def main(args):
     figure = plot_gallery(args, images, records, index_meta, meta["image_size"])
     print(f"wrote {args.out / 'task3_query_results.json'} and {figure}")
     return records
-
-
-def gather_queries(args, size):
-    """Query images, their labels (None for files), names and (split, index) keys."""
-    if args.images:
-        images = np.stack([load_image_file(p, size) for p in args.images])
-        return images, [None] * len(images), [str(p) for p in args.images], [None] * len(images)
-    all_images, all_labels = load_split(args.data_root, args.split, size)
-    indices = check_indices(args.indices if args.indices is not None else [0, 20, 70], len(all_labels), args.split)
-    return (all_images[indices], [CLASS_NAMES[all_labels[i]] for i in indices],
-            [f"{args.split} #{i}" for i in indices], [(args.split, i) for i in indices])
 
 
 def print_table(record, metric):
