@@ -6,8 +6,10 @@
     torchrun --nproc_per_node 2 task1/train.py --device cpu # data-parallel (DDP) over 2 processes
 
 Writes the checkpoint (--out), its history next to it (<out stem>_history.json) and the loss and
-metric curves to <reports>/figures/task1_training_curves.png. The decision threshold is chosen on
-val (Youden's J) and stored in the checkpoint; the test split is never read here.
+metric curves to <reports>/figures/task1_training_curves.png. After the warm-up the weights that are
+evaluated, selected and saved are an exponential moving average of the trained ones (--ema_decay),
+which smooths the last epochs' step-to-step noise. The decision threshold is chosen on val (Youden's
+J) and stored in the checkpoint; the test split is never read here.
 """
 import argparse
 import copy
@@ -31,7 +33,7 @@ from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, res
 
 # Flags that change the result; a resumed run must use the same ones.
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-                "seed", "size", "amp")
+                "ema_decay", "seed", "size", "amp")
 
 
 def parse_args(argv=None):
@@ -42,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW decoupled weight decay (default 0.05)")
     p.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up before cosine decay, in epochs (default 1)")
     p.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
+    p.add_argument("--ema_decay", type=float, default=0.97,
+                   help="per-step decay of the weight average kept after warm-up (default 0.97: about the last "
+                        "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                    help="mixed precision: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs")
     p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation (default 0)")
@@ -58,6 +63,8 @@ def parse_args(argv=None):
         p.error("--epochs must be >= 1, --batch_size >= 2 and --lr > 0")
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error("--warmup_epochs must be in [0, --epochs)")
+    if not 0 <= args.ema_decay < 1:
+        p.error("--ema_decay must be in [0, 1)")
     return args
 
 
@@ -90,11 +97,12 @@ def main(args):
     amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    ema = make_ema(model, args.ema_decay, start_step=round(args.warmup_epochs * len(loader)))
 
     state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": 0,
              "best_state": copy.deepcopy(model.state_dict())}
     if args.resume:
-        state = load_resume_state(resume_path, args, model, optimizer, scheduler, scaler)
+        state = load_resume_state(resume_path, args, model, optimizer, scheduler, scaler, ema)
         if is_main:
             print(f"resuming after epoch {state['epoch']} from {resume_path}")
     ddp_model = wrap_distributed(model, device, world_size)
@@ -107,23 +115,25 @@ def main(args):
         start = time.perf_counter()
         seed_everything(args.seed + 1000 * epoch + rank)  # resuming at any epoch replays the same draws
         sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion,
-                                     device, amp_dtype, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
-        val_probs = predict_proba(model, val_images, NORMALIZATION, device)
+        train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion, device,
+                                     amp_dtype, ema, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
+        evaluated = ema.module if ema is not None and ema.n_averaged > 0 else model
+        val_probs = predict_proba(evaluated, val_images, NORMALIZATION, device)
         val = binary_metrics(val_labels, val_probs)
         val["loss"] = float(nn.functional.binary_cross_entropy(
             torch.tensor(val_probs).clamp(1e-7, 1 - 1e-7), torch.tensor(val_labels, dtype=torch.float32)))
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+               "weights": "ema" if evaluated is not model else "raw",
                "seconds": round(time.perf_counter() - start, 2)}
         state["history"].append(row)
         if val["auc"] > state["best_auc"]:
-            state.update(best_auc=val["auc"], best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+            state.update(best_auc=val["auc"], best_epoch=epoch, best_state=copy.deepcopy(evaluated.state_dict()))
         state["epoch"] = epoch
         if is_main:
-            save_resume_state(resume_path, args, state, model, optimizer, scheduler, scaler)
+            save_resume_state(resume_path, args, state, model, optimizer, scheduler, scaler, ema)
             print(f"epoch {epoch:3d}  train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-                  f"val_auc {val['auc']:.4f}  val_acc {val['accuracy']:.4f}  {row['seconds']:.1f}s"
+                  f"val_auc {val['auc']:.4f}  val_acc {val['accuracy']:.4f}  ({row['weights']})  {row['seconds']:.1f}s"
                   f"{'  *best' if state['best_epoch'] == epoch else ''}", flush=True)
 
     if is_main:
@@ -179,7 +189,25 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype, desc=None):
+class StepEMA(torch.optim.swa_utils.AveragedModel):
+    """torch's EMA of parameters and BatchNorm buffers, updated from optimiser step `start_step` on."""
+
+    def __init__(self, model, decay, start_step):
+        super().__init__(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.start_step = start_step
+        self.register_buffer("steps_seen", torch.tensor(0, dtype=torch.long))
+
+    def step(self, model):
+        self.steps_seen += 1
+        if self.steps_seen > self.start_step:
+            self.update_parameters(model)
+
+
+def make_ema(model, decay, start_step):
+    return StepEMA(model, decay, start_step) if decay > 0 else None
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype, ema=None, desc=None):
     model.train()
     total, count = 0.0, 0
     for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
@@ -192,18 +220,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.step(unwrap(model))
         total += loss.item() * len(y)
         count += len(y)
     return total / count
 
 
-def save_resume_state(path, args, state, model, optimizer, scheduler, scaler):
+def save_resume_state(path, args, state, model, optimizer, scheduler, scaler, ema):
     save_atomic({"recipe": {k: getattr(args, k) for k in RECIPE_FLAGS}, **state,
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, path)
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None}, path)
 
 
-def load_resume_state(path, args, model, optimizer, scheduler, scaler):
+def load_resume_state(path, args, model, optimizer, scheduler, scaler, ema):
     saved = read_payload(path)
     recipe = {k: getattr(args, k) for k in RECIPE_FLAGS}
     if saved.get("recipe") != recipe:
@@ -213,6 +244,8 @@ def load_resume_state(path, args, model, optimizer, scheduler, scaler):
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"], strict=True)
     return {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "best_state")}
 
 

@@ -35,6 +35,7 @@ def test_short_training_really_learns(reference_run, synthetic_root):
 def test_run_records_history_curves_and_provenance(reference_run):
     history = json.loads(reference_run.with_name("model_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert [e["weights"] for e in history["epochs"]] == ["raw", "ema", "ema"]  # the average starts after warm-up
     assert history["best_epoch"] == max(history["epochs"], key=lambda e: e["val_auc"])["epoch"]
     assert (reference_run.parent / "reports" / "figures" / "task1_training_curves.png").stat().st_size > 10_000
     _, meta = load_checkpoint(reference_run)
