@@ -41,6 +41,7 @@ def main(args):
         images, labels = load_split(args.data_root, args.split, meta["image_size"])
         probs = predict_proba(model, images, meta["normalization"], device)
         runs.append({"checkpoint": str(path), "sha256": meta["sha256"], "seed": meta["train_args"].get("seed"),
+                     "ema_decay": meta["train_args"].get("ema_decay", 0.0),  # absent: trained before EMA existed
                      "best_epoch": meta["epoch"], "val_auc": meta["val_metrics"]["at_0.5"]["auc"],
                      "at_0.5": binary_metrics(labels, probs, 0.5),
                      "at_threshold": binary_metrics(labels, probs, meta["threshold"]),
@@ -61,8 +62,9 @@ def main(args):
 def markdown(result):
     lines = [f"# Task 1: {result['split']} metrics over {len(result['runs'])} seeds", "",
              "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
-             "Each checkpoint is the epoch with the best val AUC of one `train.py` run with default settings;",
-             "the threshold column uses that run's Youden threshold chosen on val.", ""]
+             "Each checkpoint is the epoch with the best val AUC of one `train.py` run (its flags are in the checkpoint's",
+             "`train_args`; weight averaging: " + ", ".join(f"seed {r['seed']} ema_decay {r['ema_decay']}" for r in result["runs"])
+             + "); the threshold column uses that run's Youden threshold chosen on val.", ""]
     for key, name in (("at_0.5", "threshold 0.5"), ("at_threshold", "val-chosen threshold")):
         lines += [f"## {name}", "", "| seed | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
         for r in result["runs"]:
