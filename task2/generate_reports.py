@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, check_indices, default_data_root, load_image_file, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_inputs, load_split
 from pneumo.explain import coarse_region, gradcam_maps
 from pneumo.inference import embed_images, predict_proba
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
@@ -98,25 +98,21 @@ def main(args):
 
 def gather_cases(args):
     """Each case: name, slug, classifier-size image, the image the VLM sees, label (None for files)."""
-    if args.images:
-        cases = []
-        for path in args.images:
-            small = load_image_file(path, 28)  # validates the file, one clear line if unreadable
-            with Image.open(path) as img:
-                full = img.convert("RGB")
-            cases.append({"name": str(path), "slug": slug(Path(path).stem), "small": small, "vlm_image": full, "label": None,
-                          "key": None})
-        return cases
-    images, labels = load_split(args.data_root, args.split, 28)
-    if args.evaluate:
-        rng = np.random.default_rng(args.seed)
-        indices = sorted(rng.choice(len(labels), size=min(args.n, len(labels)), replace=False).tolist())
-    else:
-        indices = args.indices if args.indices is not None else [0, 20, 70]
-    indices = check_indices(indices, len(labels), args.split)
-    return [{"name": f"{args.split} #{i}", "slug": f"{args.split}_{i}", "small": images[i],
-             "vlm_image": Image.fromarray(images[i]).convert("RGB"), "label": CLASS_NAMES[labels[i]],
-             "key": (args.split, i)} for i in indices]
+    indices = args.indices
+    if args.evaluate:  # a seeded random sample of the split (parse_args refuses --images with it)
+        n_split = len(load_split(args.data_root, args.split, 28)[1])
+        indices = sorted(np.random.default_rng(args.seed).choice(n_split, size=min(args.n, n_split), replace=False).tolist())
+    small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, 28)
+    cases = []
+    for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
+        if key is None:  # a user's file: the VLM sees it at full size, the classifier at 28 px
+            with Image.open(args.images[position]) as img:
+                vlm_image = img.convert("RGB")
+            case_slug = slug(Path(name).stem)
+        else:
+            vlm_image, case_slug = Image.fromarray(image).convert("RGB"), f"{key[0]}_{key[1]}"
+        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "label": label, "key": key})
+    return cases
 
 
 def classifier_blocks(args, cases, device):

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -144,3 +145,22 @@ def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synt
                     env={"HF_HUB_OFFLINE": "1"})
     assert on.returncode == 1 and "HF_TOKEN" in on.stderr and len(on.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_user_image_files_become_cases_named_after_the_file(trained_checkpoint, tmp_path):
+    from PIL import Image
+    photo = tmp_path / "my film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(photo)
+    cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]))
+    assert len(cases) == 1 and cases[0]["label"] is None and cases[0]["key"] is None
+    assert cases[0]["small"].shape == (28, 28) and cases[0]["vlm_image"].size == (200, 300)
+    assert cases[0]["slug"] == "my_film" and cases[0]["name"] == str(photo)
+
+
+def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):
+    def sample(seed):
+        args = generate_reports.parse_args(["--evaluate", "--n", "5", "--seed", str(seed), "--data_root", str(synthetic_root)])
+        return [c["key"] for c in generate_reports.gather_cases(args)]
+    first = sample(0)
+    assert first == sample(0) and first != sample(1)
+    assert len(set(first)) == 5 and all(split == "test" for split, _ in first)
