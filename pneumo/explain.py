@@ -89,7 +89,7 @@ def plot_panels(panels, path, title=None, cols=4):
     import matplotlib.pyplot as plt
     rows = max(1, int(np.ceil(len(panels) / cols)))
     cols = min(cols, max(1, len(panels)))
-    height = 3.3 * rows + (0.5 if title else 0)
+    height = 3.6 * rows + (0.5 if title else 0)  # room for two-line titles above each panel
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
