@@ -97,7 +97,8 @@ def main(args):
     amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    ema = make_ema(model, args.ema_decay, start_step=round(args.warmup_epochs * len(loader)))
+    ema = make_ema(model, args.ema_decay)
+    ema_start = round(args.warmup_epochs * len(loader))  # optimiser steps before the average starts
 
     state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": 0,
              "best_state": copy.deepcopy(model.state_dict())}
@@ -116,7 +117,7 @@ def main(args):
         seed_everything(args.seed + 1000 * epoch + rank)  # resuming at any epoch replays the same draws
         sampler.set_epoch(epoch)
         train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion, device,
-                                     amp_dtype, ema, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
+                                     amp_dtype, ema, ema_start, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
         evaluated = ema.module if ema is not None and ema.n_averaged > 0 else model
         val_probs = predict_proba(evaluated, val_images, NORMALIZATION, device)
         val = binary_metrics(val_labels, val_probs)
@@ -189,25 +190,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class StepEMA(torch.optim.swa_utils.AveragedModel):
-    """torch's EMA of parameters and BatchNorm buffers, updated from optimiser step `start_step` on."""
-
-    def __init__(self, model, decay, start_step):
-        super().__init__(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.start_step = start_step
-        self.register_buffer("steps_seen", torch.tensor(0, dtype=torch.long))
-
-    def step(self, model):
-        self.steps_seen += 1
-        if self.steps_seen > self.start_step:
-            self.update_parameters(model)
+def make_ema(model, decay):
+    """torch's EMA of parameters and BatchNorm buffers; None when decay is 0."""
+    if decay == 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def make_ema(model, decay, start_step):
-    return StepEMA(model, decay, start_step) if decay > 0 else None
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype, ema=None, desc=None):
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype,
+                    ema=None, ema_start=0, desc=None):
     model.train()
     total, count = 0.0, 0
     for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
@@ -220,8 +212,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if ema is not None:
-            ema.step(unwrap(model))
+        if ema is not None and scheduler.last_epoch > ema_start:  # last_epoch counts optimiser steps
+            ema.update_parameters(unwrap(model))
         total += loss.item() * len(y)
         count += len(y)
     return total / count
