@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import psutil
 
-from pneumo.retrieval import DEFAULT_INDEX, build_index
+from pneumo.retrieval import DEFAULT_INDEX, build_index, default_nlist
 from pneumo.runtime import UserError, exit_on_user_error, print_run_header, write_json_atomic
 
 DIM = 512
@@ -44,6 +44,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.sizes) < 100 or args.queries < 1 or not 1 <= args.single <= args.queries:
         p.error("--sizes must be >= 100 and 1 <= --single <= --queries")
+    if min(args.ef_search) < 1 or min(args.nprobe) < 1:
+        p.error("--ef_search and --nprobe values must be >= 1")
     return args
 
 
@@ -64,6 +66,7 @@ def main(args):
             mem_mb = (rss() - before) / 2**20
             if kind == "flat":
                 _, truth = index.search(queries, 10)
+            balance = cell_balance(index)
             for setting in settings:
                 apply_setting(index, setting)
                 m = measure(index, queries, truth, args.single)
@@ -71,7 +74,7 @@ def main(args):
                 label = kind + "".join(f" {k}={v}" for k, v in {**build, **setting}.items())
                 row = {"n": n, "index": label, "build_s": build_s, "memory_mb": mem_mb, **m,
                        "speedup_batched": m["batched_qps"] / exact["batched_qps"],
-                       "speedup_single": exact["p50_ms"] / m["p50_ms"], **cell_balance(index)}
+                       "speedup_single": exact["p50_ms"] / m["p50_ms"], **balance}
                 rows.append(row)
                 print(f"n={n:>9} {label:<34} build {build_s:7.2f}s  mem {mem_mb:6.0f} MB  p50 {m['p50_ms']:8.3f} ms  "
                       f"p99 {m['p99_ms']:8.3f} ms  {m['batched_qps']:7.0f} q/s ({row['speedup_batched']:5.1f}x)  "
@@ -90,7 +93,10 @@ def archive_sampler(index_path, rng):
     if not Path(index_path).is_file():
         raise UserError(f"{index_path} not found: build the real archive with `python task3/build_index.py`, "
                         f"or use --data mixture")
-    index = faiss.read_index(str(index_path))
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError:
+        raise UserError(f"{index_path} is not a readable FAISS index; rebuild it with `python task3/build_index.py`") from None
     real = index.reconstruct_n(0, index.ntotal).astype(np.float64)
     if real.shape[1] != DIM:
         raise UserError(f"{index_path} holds {real.shape[1]}-d vectors; this benchmark is for {DIM}-d embeddings")
@@ -116,11 +122,11 @@ def in_chunks(draw, chunk=100_000):
 
 
 def index_plan(n, args):
-    """(kind, build parameters, search settings) per index; IVF with build_index's default 4*sqrt(n) cells."""
+    """(kind, build parameters, search settings) per index; IVF with build_index's default cell count."""
     plan = [("flat", {}, [{}])]
     if n <= args.hnsw_max:
         plan.append(("hnsw", {"hnsw_m": 32}, [{"ef_search": ef} for ef in args.ef_search]))
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+    nlist = default_nlist(n)
     plan.append(("ivf", {"nlist": nlist}, [{"nprobe": p} for p in args.nprobe if p <= nlist]))
     return plan
 

@@ -35,7 +35,7 @@ def build_index(vectors, index_type="flat", metric="l2", hnsw_m=32, ef_construct
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
     elif index_type == "ivf":
-        nlist = nlist or max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))
+        nlist = nlist or default_nlist(len(vectors))
         quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
         index.cp.max_points_per_centroid = 64  # k-means on a 64-per-cell sample: minutes, not an hour, at 1M
@@ -45,6 +45,11 @@ def build_index(vectors, index_type="flat", metric="l2", hnsw_m=32, ef_construct
         raise ValueError(f"unknown index type {index_type!r}; choose from {INDEX_TYPES}")
     index.add(vectors)
     return index
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells for n vectors: about 4*sqrt(n), with at least 39 vectors per cell for k-means."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
 def save_index(index, meta: dict, path) -> None:
