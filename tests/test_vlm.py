@@ -147,8 +147,7 @@ def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synt
     assert not (tmp_path / "b").exists()
 
 
-def test_user_image_files_become_cases_named_after_the_file(trained_checkpoint, tmp_path):
-    from PIL import Image
+def test_user_image_files_become_cases_named_after_the_file(tmp_path):
     photo = tmp_path / "my film.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(photo)
     cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]))
@@ -160,7 +159,7 @@ def test_user_image_files_become_cases_named_after_the_file(trained_checkpoint, 
 def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):
     def sample(seed):
         args = generate_reports.parse_args(["--evaluate", "--n", "5", "--seed", str(seed), "--data_root", str(synthetic_root)])
-        return [c["key"] for c in generate_reports.gather_cases(args)]
+        return [(c["key"], c["label"]) for c in generate_reports.gather_cases(args)]
     first = sample(0)
     assert first == sample(0) and first != sample(1)
-    assert len(set(first)) == 5 and all(split == "test" for split, _ in first)
+    assert len(set(first)) == 5 and all(key[0] == "test" and label in ("normal", "pneumonia") for key, label in first)
