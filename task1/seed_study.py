@@ -8,6 +8,7 @@ Each checkpoint was chosen on val by train.py; here each sees the test split onc
 <out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
 """
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics
 from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, write_json_atomic
 from task1.evaluate import medmnist_check
+from task1.train import RECIPE_FLAGS
 
 SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 
@@ -41,7 +43,7 @@ def main(args):
         images, labels = load_split(args.data_root, args.split, meta["image_size"])
         probs = predict_proba(model, images, meta["normalization"], device)
         runs.append({"checkpoint": str(path), "sha256": meta["sha256"], "seed": meta["train_args"].get("seed"),
-                     "ema_decay": meta["train_args"].get("ema_decay", 0.0),  # absent: trained before EMA existed
+                     "recipe": recipe(meta["train_args"]),
                      "best_epoch": meta["epoch"], "val_auc": meta["val_metrics"]["at_0.5"]["auc"],
                      "at_0.5": binary_metrics(labels, probs, 0.5),
                      "at_threshold": binary_metrics(labels, probs, meta["threshold"]),
@@ -59,12 +61,23 @@ def main(args):
     return result
 
 
+def recipe(train_args):
+    """The flags that shape the result, as the run recorded them; flags older runs lack get their
+    value from before the flag existed."""
+    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black"}
+    return {k: train_args.get(k, before.get(k)) for k in RECIPE_FLAGS if k != "seed"}
+
+
 def markdown(result):
     lines = [f"# Task 1: {result['split']} metrics over {len(result['runs'])} seeds", "",
              "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
-             "Each checkpoint is the epoch with the best val AUC of one `train.py` run (its flags are in the checkpoint's",
-             "`train_args`; weight averaging: " + ", ".join(f"seed {r['seed']} ema_decay {r['ema_decay']}" for r in result["runs"])
-             + "); the threshold column uses that run's Youden threshold chosen on val.", ""]
+             "Each checkpoint is the epoch with the best val AUC of one `train.py` run; the threshold column uses that",
+             "run's Youden threshold chosen on val. Training recipe (the checkpoints' `train_args`, seed aside):", ""]
+    recipes = {json.dumps(r["recipe"], sort_keys=True) for r in result["runs"]}
+    lines += [", ".join(f"`--{k} {v}`" for k, v in json.loads(r).items()) for r in sorted(recipes)]
+    if len(recipes) > 1:
+        lines.append("(the runs differ in recipe: see `runs[].recipe` in the JSON)")
+    lines.append("")
     for key, name in (("at_0.5", "threshold 0.5"), ("at_threshold", "val-chosen threshold")):
         lines += [f"## {name}", "", "| seed | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
         for r in result["runs"]:

@@ -33,7 +33,7 @@ from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, res
 
 # Flags that change the result; a resumed run must use the same ones.
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-                "ema_decay", "seed", "size", "amp")
+                "class_weight", "aug_border", "ema_decay", "seed", "size", "amp")
 
 
 def parse_args(argv=None):
@@ -44,6 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW decoupled weight decay (default 0.05)")
     p.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up before cosine decay, in epochs (default 1)")
     p.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
+    p.add_argument("--class_weight", choices=["none", "balanced"], default="none",
+                   help="none (default): plain cross-entropy; balanced: each class weighs half of the loss, so "
+                        "P = 0.5 means even odds whatever the training mix")
+    p.add_argument("--aug_border", choices=["reflect", "black"], default="reflect",
+                   help="what augmentation puts where a shift, turn or zoom-out uncovers the border: the film "
+                        "mirrored outwards (default) or black, which no real film shows")
     p.add_argument("--ema_decay", type=float, default=0.97,
                    help="per-step decay of the weight average kept after warm-up (default 0.97: about the last "
                         "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
@@ -85,7 +91,7 @@ def main(args):
     seed_everything(args.seed)
     model = build_model().to(device).to(memory_format=torch.channels_last)
     per_process_batch = max(1, args.batch_size // world_size)
-    train_set = XrayDataset(train_images, train_labels, transform=train_augmentation(args.size))
+    train_set = XrayDataset(train_images, train_labels, transform=train_augmentation(args.size, args.aug_border))
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank,
                                                   shuffle=True, seed=args.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(train_set, batch_size=per_process_batch, sampler=sampler,
@@ -96,7 +102,8 @@ def main(args):
         pct_start=args.warmup_epochs / args.epochs, anneal_strategy="cos")
     amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    weight = balanced_class_weights(train_labels).to(device) if args.class_weight == "balanced" else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=args.label_smoothing)
     ema = make_ema(model, args.ema_decay)
     ema_start = round(args.warmup_epochs * len(loader))  # optimiser steps before the average starts
 
@@ -188,6 +195,14 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def balanced_class_weights(labels):
+    """Per-class loss weights n / (2 n_c): both classes contribute equally to the loss."""
+    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=2).double()
+    if (counts == 0).any():
+        raise UserError(f"train has {counts.long().tolist()} images per class; both classes are needed")
+    return (counts.sum() / (2 * counts)).float()
 
 
 def make_ema(model, decay):

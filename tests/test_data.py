@@ -107,3 +107,16 @@ def test_real_full_size_xray_converts():
     sample = next(SHARED_SAMPLES.glob("*/*.jpeg"))
     out = data.load_image_file(sample, 28)
     assert out.shape == (28, 28) and 20 < out.mean() < 235
+
+
+def test_reflect_augmentation_leaves_no_black_border():
+    import torch
+    from pneumo.data import train_augmentation
+    torch.manual_seed(0)
+    films = torch.full((64, 1, 28, 28), 128, dtype=torch.uint8)  # a film with no dark pixel anywhere
+    for border, expect_black in (("reflect", False), ("black", True)):
+        out = torch.stack([train_augmentation(28, border)(f) for f in films])
+        assert out.shape == films.shape and out.dtype == torch.uint8
+        assert bool((out == 0).any()) == expect_black, border
+    with pytest.raises(ValueError, match="border"):
+        train_augmentation(28, "zeros")

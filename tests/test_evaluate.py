@@ -57,3 +57,23 @@ def test_bad_inputs_end_in_one_line(trained_checkpoint, synthetic_root, tmp_path
     missing = run_script("task1/evaluate.py", "--checkpoint", tmp_path / "none.pth", "--out", tmp_path)
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.jpeg"]
+
+
+def test_tta_study_views_and_one_view_rows(trained_checkpoint, synthetic_root, tmp_path):
+    from pneumo.checkpoint import load_checkpoint
+    from pneumo.inference import predict_proba
+    from pneumo.metrics import binary_metrics
+    from task1 import tta_study
+    images, labels = load_split(synthetic_root, "test")
+    assert np.array_equal(tta_study.view(images, *tta_study.VIEWS["plain"]), images)
+    shifted = tta_study.view(images, *tta_study.VIEWS["right 2 px"])
+    assert np.array_equal(shifted[:, :, 2:], images[:, :, :-2]) and not shifted[:, :, :2].any()
+    tta_study.main(tta_study.parse_args(["--checkpoints", str(trained_checkpoint), "--data_root", str(synthetic_root),
+                                         "--out", str(tmp_path), "--device", "cpu"]))
+    rows = json.loads((tmp_path / "tta.json").read_text())["rows"]
+    assert len(rows) == 2 * len(tta_study.SETS)
+    model, meta = load_checkpoint(trained_checkpoint)
+    plain = binary_metrics(labels, predict_proba(model, images, meta["normalization"]))
+    one = next(r for r in rows if r["split"] == "test" and r["views"] == "one view")
+    assert one["auc"] == pytest.approx(plain["auc"]) and one["accuracy"] == pytest.approx(plain["accuracy"])
+    assert "| test | 9 views |" in (tmp_path / "tta.md").read_text()

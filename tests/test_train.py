@@ -74,6 +74,14 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, syntheti
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
 
 
+def test_balanced_class_weights_give_each_class_half_the_loss():
+    labels = torch.tensor([0] * 10 + [1] * 30)
+    weights = train.balanced_class_weights(labels)
+    assert torch.allclose(weights * torch.bincount(labels), torch.tensor([20.0, 20.0]))
+    with pytest.raises(train.UserError, match="both classes"):
+        train.balanced_class_weights(torch.ones(8, dtype=torch.long))
+
+
 def test_resume_with_other_settings_is_refused(synthetic_root, tmp_path):
     out = tmp_path / "model.pth"
     out.with_name("model.resume.pth").write_bytes(b"")

@@ -1,0 +1,88 @@
+"""Does test-time augmentation help? Val and test metrics of each checkpoint, one view against the
+mean P(pneumonia) over shifted, turned and zoomed views (the kinds train.py augments with).
+
+    python task1/tta_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
+
+Writes <out>/tta.json and <out>/tta.md. An experiment, not part of the pipeline: the scripts
+predict from one view.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from pneumo.checkpoint import load_checkpoint
+from pneumo.data import default_data_root, load_split
+from pneumo.inference import predict_proba
+from pneumo.metrics import binary_metrics
+from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, write_json_atomic
+
+# (angle in degrees, shift in pixels (x, y), scale); the first is the plain image.
+VIEWS = {"plain": (0, (0, 0), 1.0), "right 2 px": (0, (2, 0), 1.0), "left 2 px": (0, (-2, 0), 1.0),
+         "down 2 px": (0, (0, 2), 1.0), "up 2 px": (0, (0, -2), 1.0), "turned +6°": (6, (0, 0), 1.0),
+         "turned -6°": (-6, (0, 0), 1.0), "zoom 0.93": (0, (0, 0), 0.93), "zoom 1.07": (0, (0, 0), 1.07)}
+SETS = {"one view": ["plain"], "5 views (shifts)": list(VIEWS)[:5], "9 views": list(VIEWS)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to compare")
+    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
+    p.add_argument("--out", type=Path, default=Path("reports/ablation_tta"), help="folder for tta.json/.md")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    return p.parse_args(argv)
+
+
+def view(images, angle, shift, scale):
+    x = torch.from_numpy(images).unsqueeze(1)
+    return F.affine(x, angle=angle, translate=list(shift), scale=scale, shear=[0.0, 0.0]).squeeze(1).numpy()
+
+
+def scores(labels, probs):
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    nll = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    m = binary_metrics(labels, probs)
+    return {"auc": m["auc"], "accuracy": m["accuracy"], "nll": nll}
+
+
+def main(args):
+    run = print_run_header("tta_study", args)
+    device = resolve_device(args.device)
+    rows = []
+    for path in args.checkpoints:
+        model, meta = load_checkpoint(path, device)
+        for split in ("val", "test"):
+            images, labels = load_split(args.data_root, split, meta["image_size"])
+            probs = {name: predict_proba(model, view(images, *spec), meta["normalization"], device)
+                     for name, spec in VIEWS.items()}
+            for set_name, names in SETS.items():
+                rows.append({"checkpoint": str(path), "seed": meta["train_args"].get("seed"), "split": split,
+                             "views": set_name, **scores(labels, np.mean([probs[n] for n in names], axis=0))})
+    write_json_atomic(args.out / "tta.json", {**run, "views": VIEWS, "rows": rows})
+    text = markdown(rows, args.checkpoints)
+    (args.out / "tta.md").write_text(text)
+    print(text)
+
+
+def markdown(rows, checkpoints):
+    lines = ["# Test-time augmentation: one view against the mean over several", "",
+             "Written by `python task1/tta_study.py --checkpoints " + " ".join(map(str, checkpoints)) + "`.",
+             "NLL: mean negative log-likelihood of the true label; accuracy at P = 0.5.", "",
+             "## mean ± sd over the checkpoints", "", "| split | views | AUC | accuracy | NLL |", "|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        for set_name in SETS:
+            group = [r for r in rows if r["split"] == split and r["views"] == set_name]
+            cells = [f"{np.mean([r[m] for r in group]):.4f} ± {np.std([r[m] for r in group], ddof=1) if len(group) > 1 else 0:.4f}"
+                     for m in ("auc", "accuracy", "nll")]
+            lines.append(f"| {split} | {set_name} | " + " | ".join(cells) + " |")
+    lines += ["", "## each checkpoint", "", "| seed | split | views | AUC | accuracy | NLL |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['split']} | {r['views']} | {r['auc']:.4f} | {r['accuracy']:.4f} | {r['nll']:.4f} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())
