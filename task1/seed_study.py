@@ -69,7 +69,8 @@ def recipe(train_args):
 
 
 def markdown(result):
-    lines = [f"# Task 1: {result['split']} metrics over {len(result['runs'])} seeds", "",
+    n = len(result["runs"])
+    lines = [f"# Task 1: {result['split']} metrics over {n} seed{'s' if n > 1 else ''}", "",
              "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
              "Each checkpoint is the epoch with the best val AUC of one `train.py` run; the threshold column uses that",
              "run's Youden threshold chosen on val. Training recipe (the checkpoints' `train_args`, seed aside):", ""]
