@@ -77,3 +77,18 @@ def test_tta_study_views_and_one_view_rows(trained_checkpoint, synthetic_root, t
     one = next(r for r in rows if r["split"] == "test" and r["views"] == "one view")
     assert one["auc"] == pytest.approx(plain["auc"]) and one["accuracy"] == pytest.approx(plain["accuracy"])
     assert "| test | 9 views |" in (tmp_path / "tta.md").read_text()
+
+
+def test_seed_study_states_the_recipe_and_refuses_repeated_seeds(trained_checkpoint, synthetic_root, tmp_path):
+    from task1 import seed_study
+    result = seed_study.main(seed_study.parse_args(["--checkpoints", str(trained_checkpoint), "--data_root",
+                                                    str(synthetic_root), "--out", str(tmp_path), "--device", "cpu"]))
+    run = result["runs"][0]
+    assert run["recipe"]["aug_border"] == "reflect" and run["recipe"]["batch_size"] == 16 and "seed" not in run["recipe"]
+    assert result["summary"]["at_0.5"]["auc"]["mean"] == pytest.approx(run["at_0.5"]["auc"])
+    text = (tmp_path / "task1_seeds.md").read_text()
+    assert text.startswith("# Task 1: test metrics over 1 seed\n") and "`--aug_border reflect`" in text
+    repeated = run_script("task1/seed_study.py", "--checkpoints", trained_checkpoint, trained_checkpoint,
+                          "--data_root", synthetic_root, "--out", tmp_path / "again")
+    assert repeated.returncode == 1 and "share seeds" in repeated.stderr
+    assert not (tmp_path / "again" / "task1_seeds.json").exists()
