@@ -1,5 +1,6 @@
 """PneumoniaMNIST through `medmnist`: locate, validate, load; image files users bring; synthetic files for tests."""
 import hashlib
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -144,7 +145,7 @@ def train_augmentation(size: int, border: str = "reflect") -> v2.Compose:
     images are then black, against 0.4 % in real films. Shifts are the same in pixels either way."""
     if border not in ("black", "reflect"):
         raise ValueError(f"border must be 'black' or 'reflect', not {border!r}")
-    margin = -(-size // 5) if border == "reflect" else 0
+    margin = math.ceil(size / 5) if border == "reflect" else 0
     padded = size + 2 * margin
     affine = v2.RandomAffine(degrees=10, translate=(0.06 * size / padded,) * 2, scale=(0.9, 1.1))
     jitter = v2.ColorJitter(brightness=0.2, contrast=0.2)

@@ -8,7 +8,6 @@ Each checkpoint was chosen on val by train.py; here each sees the test split onc
 <out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +73,11 @@ def markdown(result):
              "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
              "Each checkpoint is the epoch with the best val AUC of one `train.py` run; the threshold column uses that",
              "run's Youden threshold chosen on val. Training recipe (the checkpoints' `train_args`, seed aside):", ""]
-    recipes = {json.dumps(r["recipe"], sort_keys=True) for r in result["runs"]}
-    lines += [", ".join(f"`--{k} {v}`" for k, v in json.loads(r).items()) for r in sorted(recipes)]
+    recipes = []
+    for run in result["runs"]:
+        if run["recipe"] not in recipes:
+            recipes.append(run["recipe"])
+    lines += [", ".join(f"`--{k} {v}`" for k, v in sorted(r.items())) for r in recipes]
     if len(recipes) > 1:
         lines.append("(the runs differ in recipe: see `runs[].recipe` in the JSON)")
     lines.append("")

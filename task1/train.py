@@ -17,8 +17,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -198,11 +200,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def balanced_class_weights(labels):
-    """Per-class loss weights n / (2 n_c): both classes contribute equally to the loss."""
-    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=2).double()
+    """Per-class loss weights n / (2 n_c) (scikit-learn's "balanced"): both classes weigh the same."""
+    labels = np.asarray(labels).ravel()
+    counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():
-        raise UserError(f"train has {counts.long().tolist()} images per class; both classes are needed")
-    return (counts.sum() / (2 * counts)).float()
+        raise UserError(f"train has {counts.tolist()} images per class; both classes are needed")
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(2), y=labels), dtype=torch.float32)
 
 
 def make_ema(model, decay):

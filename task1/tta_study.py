@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import log_loss
 from torchvision.transforms.v2 import functional as F
 
 from pneumo.checkpoint import load_checkpoint
@@ -41,10 +42,9 @@ def view(images, angle, shift, scale):
 
 
 def scores(labels, probs):
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    nll = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     m = binary_metrics(labels, probs)
-    return {"auc": m["auc"], "accuracy": m["accuracy"], "nll": nll}
+    nll = log_loss(labels, np.clip(probs, 1e-7, 1 - 1e-7), labels=[0, 1])
+    return {"auc": m["auc"], "accuracy": m["accuracy"], "nll": float(nll)}
 
 
 def main(args):
