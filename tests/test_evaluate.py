@@ -92,3 +92,9 @@ def test_seed_study_states_the_recipe_and_refuses_repeated_seeds(trained_checkpo
                           "--data_root", synthetic_root, "--out", tmp_path / "again")
     assert repeated.returncode == 1 and "share seeds" in repeated.stderr
     assert not (tmp_path / "again" / "task1_seeds.json").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    blocked = run_script("task1/seed_study.py", "--checkpoints", trained_checkpoint, "--data_root", synthetic_root,
+                         "--out", a_file)
+    assert blocked.returncode == 1 and len(blocked.stderr.strip().splitlines()) == 1
+    assert "not a folder" in blocked.stderr and a_file.read_text() == "keep me"
