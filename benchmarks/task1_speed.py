@@ -21,8 +21,9 @@ from pneumo.data import XrayDataset, normalize, train_augmentation
 from pneumo.explain import gradcam_maps
 from pneumo.inference import predict_proba
 from pneumo.model import build_model
-from pneumo.runtime import print_run_header, write_json_atomic
-from task1.train import cpu_has_native_bf16
+from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.runtime import print_run_header
+from pneumo.training import cpu_has_native_bf16
 
 
 def parse_args(argv=None):
@@ -112,7 +113,7 @@ def main(args):
               "inference_images_per_second": infer, "gradcam_maps_per_second": cam_rate,
               "epoch_minutes_at_shipped_rate": 4708 / train[list(configs)[1]] / 60}
     write_json_atomic(args.out / "benchmark_task1.json", result)
-    (args.out / "benchmark_task1.md").write_text(markdown(result))
+    write_text_atomic(args.out / "benchmark_task1.md", markdown(result))
     print(markdown(result))
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import psutil
 
 from pneumo.retrieval import DEFAULT_INDEX, build_index, default_nlist
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, write_json_atomic
+from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.runtime import UserError, exit_on_user_error, print_run_header
 
 DIM = 512
 TARGET = {"recall@10": 0.95, "speedup": 20.0, "n": 1_000_000}  # the target at 1M vectors
@@ -84,7 +85,7 @@ def main(args):
     result = {**run, "threads": faiss.omp_get_max_threads(), "dim": DIM, "data": args.data,
               "target": TARGET, "target_met_by": target_met_by(rows), "rows": rows}
     write_json_atomic(args.out / "benchmark_task3.json", result)
-    (args.out / "benchmark_task3.md").write_text(markdown(result))
+    write_text_atomic(args.out / "benchmark_task3.md", markdown(result))
     print(markdown(result))
 
 

@@ -1,5 +1,4 @@
 """The checkpoint contract: one self-describing file, written atomically, read by one function."""
-import os
 import pickle
 import platform
 import zipfile
@@ -24,18 +23,6 @@ def library_versions() -> dict:
     return {"python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
             "medmnist": str(getattr(medmnist, "__version__", "unknown"))}
-
-
-def save_atomic(payload: dict, path) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def make_checkpoint(model, *, image_size: int, normalization: dict, threshold: float,

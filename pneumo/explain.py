@@ -81,35 +81,6 @@ def overlay(image_uint8, cam_map, size=DISPLAY_SIZE):
     return show_cam_on_image(rgb, heat[0, 0].clamp(0, 1).numpy(), use_rgb=True, image_weight=0.6)
 
 
-def plot_panels(panels, path, title=None, cols=4):
-    """A grid of panels; each is None (empty cell) or a dict with `image` (uint8 HxW), optional `cam`,
-    `title` and `color`."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = max(1, int(np.ceil(len(panels) / cols)))
-    cols = min(cols, max(1, len(panels)))
-    height = 3.6 * rows + (0.5 if title else 0)  # room for two-line titles above each panel
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, height), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, panel in zip(axes.ravel(), panels):
-        if panel is None:  # an empty cell keeps rows aligned
-            continue
-        if panel.get("cam") is not None:
-            ax.imshow(overlay(panel["image"], panel["cam"]))
-        else:
-            ax.imshow(panel["image"], cmap="gray", vmin=0, vmax=255, interpolation="bicubic")
-        ax.set_title(panel.get("title", ""), fontsize=9, color=panel.get("color", "black"))
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height) if title else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def coarse_region(cam_map, share=0.5):
     """Where a map puts its evidence, in the patient's terms: '<right|left> <upper|lower> zone'
     (or 'bilateral ...' when both lungs weigh alike). A frontal film shows the patient's right on

@@ -51,3 +51,73 @@ def rank_metrics_rows(labels, probs):
     positives_at_or_above = rankdata(np.where(pos, -probs, np.inf), method="max", axis=1)
     average_precision = (positives_at_or_above / at_or_above * pos).sum(axis=1) / n_pos
     return auc, average_precision
+
+
+CI_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")
+
+
+def with_bootstrap(labels, probs, thresholds, n_resamples=1000, seed=0) -> list:
+    """binary_metrics at each threshold plus a 95 % percentile interval per metric (`ci95`), from
+    scipy.stats.bootstrap resampling images with replacement: the same resamples for every metric and
+    threshold, each resample scored in one vectorised pass."""
+    from scipy.stats import bootstrap
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
+
+    def statistic(y, p, axis=-1):
+        y, p = np.moveaxis(y, axis, -1), np.moveaxis(p, axis, -1)
+        flat_y, flat_p = y.reshape(-1, y.shape[-1]), p.reshape(-1, p.shape[-1])
+        auc, pr_auc = rank_metrics_rows(flat_y, flat_p)
+        rows = []
+        for threshold in thresholds:
+            pred, pos = flat_p > threshold, flat_y == 1
+            tp, fp = (pred & pos).sum(1), (pred & ~pos).sum(1)
+            fn, tn = (~pred & pos).sum(1), (~pred & ~pos).sum(1)
+            rows += [(tp + tn) / flat_y.shape[1], _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp),
+                     _ratio(2 * tp, 2 * tp + fp + fn), auc, pr_auc]
+        return np.stack(rows).reshape(len(rows), *y.shape[:-1])
+
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC (nan)
+        ci = bootstrap((labels, probs), statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                       method="percentile", confidence_level=0.95, random_state=np.random.default_rng(seed)
+                       ).confidence_interval
+    results = []
+    for t, threshold in enumerate(thresholds):
+        point = binary_metrics(labels, probs, threshold)
+        offset = t * len(CI_METRICS)
+        point["ci95"] = {name: [float(ci.low[offset + i]), float(ci.high[offset + i])]
+                         for i, name in enumerate(CI_METRICS)}
+        results.append(point)
+    return results
+
+
+def _ratio(num, den):
+    return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
+
+
+def mean_with_interval(values, n_resamples=1000, seed=0) -> tuple:
+    """The mean of `values` and its 95 % percentile bootstrap interval (scipy.stats.bootstrap)."""
+    from scipy.stats import bootstrap
+    values = np.asarray(values, dtype=float)
+    ci = bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return float(values.mean()), [float(ci.low), float(ci.high)]
+
+
+def calibration(labels, probs, n_bins=10) -> dict:
+    """Brier score and expected calibration error of P(pneumonia) over equal-width bins."""
+    from sklearn.metrics import brier_score_loss
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)
+    ece = sum(abs(labels[bins == b].mean() - probs[bins == b].mean()) * (bins == b).mean()
+              for b in range(n_bins) if (bins == b).any())
+    return {"brier": float(brier_score_loss(labels, probs)), "ece": float(ece), "ece_bins": n_bins}
+
+
+def medmnist_check(data_root, split, size, probs) -> dict:
+    """AUC and ACC as medmnist.Evaluator computes them from the same probabilities (a cross-check)."""
+    import medmnist
+    from .data import ensure_data_file
+    root = ensure_data_file(data_root, size).parent
+    scores = np.stack([1 - np.asarray(probs), np.asarray(probs)], axis=1)
+    auc, acc = medmnist.Evaluator("pneumoniamnist", split, size=size, root=str(root)).evaluate(scores)
+    return {"auc": float(auc), "accuracy": float(acc)}

@@ -1,11 +1,11 @@
 """FAISS case index over the classifier's embeddings: build, save atomically, load with checks, search."""
 import json
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from .atomic import atomic_path
 from .runtime import UserError
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -24,25 +24,23 @@ def prepare(vectors, metric):
 
 def build_index(vectors, index_type="flat", metric="l2", hnsw_m=32, ef_construction=80, ef_search=64,
                 nlist=None, nprobe=16):
-    """An exact (flat) or approximate (HNSW, IVF-flat) index holding `vectors` in row order."""
-    dim = vectors.shape[1]
-    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    """An exact (flat) or approximate (HNSW, IVF-flat) index holding `vectors` in row order, made by
+    faiss.index_factory ("Flat", "HNSW<m>", "IVF<nlist>,Flat")."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; choose from {INDEX_TYPES}")
     vectors = prepare(vectors, metric)
-    if index_type == "flat":
-        index = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-    elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss_metric)
+    nlist = nlist or default_nlist(len(vectors))
+    spec = {"flat": "Flat", "hnsw": f"HNSW{hnsw_m}", "ivf": f"IVF{nlist},Flat"}[index_type]
+    index = faiss.index_factory(vectors.shape[1], spec,
+                                faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
+    if index_type == "hnsw":
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
     elif index_type == "ivf":
-        nlist = nlist or default_nlist(len(vectors))
-        quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
-        index.cp.max_points_per_centroid = 64  # k-means on a 64-per-cell sample: minutes, not an hour, at 1M
+        # k-means on a 64-per-cell sample: minutes, not an hour, at 1M
+        faiss.extract_index_ivf(index).cp.max_points_per_centroid = 64
         index.train(vectors)
         index.nprobe = min(nprobe, nlist)
-    else:
-        raise ValueError(f"unknown index type {index_type!r}; choose from {INDEX_TYPES}")
     index.add(vectors)
     return index
 
@@ -54,18 +52,9 @@ def default_nlist(n: int) -> int:
 
 def save_index(index, meta: dict, path) -> None:
     """The .faiss file and its .json metadata, each written to a temp file and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_index = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_meta = meta_path(path).with_name(f".{meta_path(path).name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp_index, atomic_path(meta_path(path)) as tmp_meta:
         faiss.write_index(index, str(tmp_index))
         tmp_meta.write_text(json.dumps(meta) + "\n")
-        os.replace(tmp_index, path)
-        os.replace(tmp_meta, meta_path(path))
-    finally:
-        tmp_index.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
 
 
 def meta_path(path) -> Path:
@@ -121,3 +110,28 @@ def exclusions(index_meta, keys):
     row_of = {(r["split"], r["index"]): row for row, r in enumerate(index_meta["rows"])}
     rows = [row_of.get(key, -1) if key else -1 for key in keys]
     return rows if any(r >= 0 for r in rows) else None
+
+
+def average_precision_at(relevant, k):
+    """AP@k per query: the mean of precision@i over the ranks i <= k that hold a relevant case
+    (same label as the query), divided by the number of relevant cases in the top k; 0 if none."""
+    rel = np.asarray(relevant)[:, :k].astype(float)
+    precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
+    hits = rel.sum(axis=1)
+    return np.where(hits > 0, (precision_at_i * rel).sum(axis=1) / np.maximum(hits, 1), 0.0)
+
+
+def retrieval_scores(hits, query_labels, class_names, ks=(1, 5, 10), vote_k=5) -> dict:
+    """Per group (overall and each true class): precision@k, mAP@10 and the accuracy of a majority
+    vote of the vote_k nearest labels (ties, with an even vote_k, go to the first class).
+    `hits` are search() results; a neighbour is relevant when its label equals the query's."""
+    query_labels = np.asarray(query_labels)
+    names = [class_names[y] for y in query_labels]
+    relevant = np.array([[h["label"] == name for h in row] for row, name in zip(hits, names)])
+    votes = np.array([[h["label"] == class_names[1] for h in row[:vote_k]] for row in hits])
+    vote_pred = (votes.sum(axis=1) * 2 > vote_k).astype(int)
+    groups = {"overall": np.ones(len(query_labels), bool), **{c: query_labels == i for i, c in enumerate(class_names)}}
+    return {g: {**{f"precision@{k}": float(relevant[m, :k].mean()) for k in ks},
+                "map@10": float(average_precision_at(relevant[m], 10).mean()),
+                f"knn{vote_k}_accuracy": float((vote_pred[m] == query_labels[m]).mean()), "n": int(m.sum())}
+            for g, m in groups.items()}

@@ -1,7 +1,6 @@
 """Run set-up shared by every script: errors for users, seeding, device, provenance."""
 import contextlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -72,14 +71,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def write_json_atomic(path, payload) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"cannot write {path}: {path.parent} is a file, not a folder; choose another output folder") from None
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

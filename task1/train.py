@@ -11,35 +11,30 @@ evaluated, selected and saved are an exponential moving average of the trained o
 which smooths the last epochs' step-to-step noise. The decision threshold is chosen on val (Youden's
 J) and stored in the checkpoint; the test split is never read here.
 """
-import argparse
 import copy
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from tqdm.auto import tqdm
 
-from pneumo.checkpoint import DEFAULT_CHECKPOINT, make_checkpoint, read_payload, save_atomic
-from pneumo.data import (NORMALIZATION, SIZES, XrayDataset, default_data_root, ensure_data_file,
-                         file_sha256, load_split, normalize, train_augmentation)
+from pneumo.atomic import save_torch_atomic, write_json_atomic
+from pneumo.checkpoint import DEFAULT_CHECKPOINT, make_checkpoint
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import (NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split,
+                         train_augmentation)
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap
-from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
-                            seed_everything, write_json_atomic)
-
-# Flags that change the result; a resumed run must use the same ones.
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-                "class_weight", "aug_border", "ema_decay", "seed", "size", "amp")
+from pneumo.plots import plot_training_curves
+from pneumo.runtime import UserError, exit_on_user_error, print_run_header, seed_everything
+from pneumo.training import (balanced_class_weights, load_resume_state, make_ema, resolve_amp,
+                             save_resume_state, setup_distributed, train_one_epoch, wrap_distributed)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--epochs", type=int, default=5, help="passes over train (default 5: about 14 min on a 2-core CPU)")
     p.add_argument("--batch_size", type=int, default=128, help="images per optimiser step, over all processes (default 128)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the one-cycle schedule (default 2e-3)")
@@ -57,12 +52,9 @@ def parse_args(argv=None):
                         "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                    help="mixed precision: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--data_root", default=default_data_root(),
-                   help="folder with pneumoniamnist.npz (default $PNEUMONIA_DATA_ROOT or ./data; downloaded if missing)")
-    p.add_argument("--size", type=int, default=28, choices=SIZES, help="image side in pixels (default 28)")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_CHECKPOINT), help=f"checkpoint path (default {DEFAULT_CHECKPOINT})")
+    add_shared_flags(p, "seed", "device", "data_root", "size", "out",
+                     seed=dict(help="seed for init, shuffling and augmentation (default 0)"),
+                     out=dict(default=Path(DEFAULT_CHECKPOINT), help=f"checkpoint path (default {DEFAULT_CHECKPOINT})"))
     p.add_argument("--reports", type=Path, default=Path("reports"), help="folder for figures (default reports)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pth, written after every epoch")
     p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default 0: tensors in memory are fast enough)")
@@ -154,111 +146,6 @@ def main(args):
         dist.destroy_process_group()
 
 
-def setup_distributed(device_name):
-    """Single process, or one of several started by torchrun (RANK/WORLD_SIZE in the environment)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(device_name)
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cpu":  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    return rank, world_size, device
-
-
-def wrap_distributed(model, device, world_size):
-    if world_size == 1:
-        return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def resolve_amp(choice, device):
-    """bf16 autocast where the hardware runs bf16 natively (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs),
-    fp16 with loss scaling on older GPUs (T4), fp32 otherwise."""
-    if choice == "none":
-        return None
-    if choice == "bf16":
-        return torch.bfloat16
-    if choice == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def balanced_class_weights(labels):
-    """Per-class loss weights n / (2 n_c) (scikit-learn's "balanced"): both classes weigh the same."""
-    labels = np.asarray(labels).ravel()
-    counts = np.bincount(labels, minlength=2)
-    if (counts == 0).any():
-        raise UserError(f"train has {counts.tolist()} images per class; both classes are needed")
-    return torch.tensor(compute_class_weight("balanced", classes=np.arange(2), y=labels), dtype=torch.float32)
-
-
-def make_ema(model, decay):
-    """torch's EMA of parameters and BatchNorm buffers; None when decay is 0."""
-    if decay == 0:
-        return None
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype,
-                    ema=None, ema_start=0, desc=None):
-    model.train()
-    total, count = 0.0, 0
-    for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
-        x = normalize(images).to(device, memory_format=torch.channels_last)
-        y = labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None and scheduler.last_epoch > ema_start:  # last_epoch counts optimiser steps
-            ema.update_parameters(unwrap(model))
-        total += loss.item() * len(y)
-        count += len(y)
-    return total / count
-
-
-def save_resume_state(path, args, state, model, optimizer, scheduler, scaler, ema):
-    save_atomic({"recipe": {k: getattr(args, k) for k in RECIPE_FLAGS}, **state,
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "ema": ema.state_dict() if ema is not None else None}, path)
-
-
-def load_resume_state(path, args, model, optimizer, scheduler, scaler, ema):
-    saved = read_payload(path)
-    recipe = {k: getattr(args, k) for k in RECIPE_FLAGS}
-    if saved.get("recipe") != recipe:
-        diff = {k: (saved.get("recipe", {}).get(k), v) for k, v in recipe.items() if saved.get("recipe", {}).get(k) != v}
-        raise UserError(f"{path} was written with other settings {diff} (saved, now); rerun with the same flags")
-    model.load_state_dict(saved["model"], strict=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    if ema is not None:
-        ema.load_state_dict(saved["ema"], strict=True)
-    return {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "best_state")}
-
-
 def finish(args, run, state, model, device, val_images, val_labels, data_path):
     """Restore the best-val epoch, choose its threshold on val, write checkpoint, history, curves."""
     best = unwrap(model)
@@ -271,39 +158,14 @@ def finish(args, run, state, model, device, val_images, val_labels, data_path):
                                  threshold=threshold, val_metrics=val_metrics, train_args=run["args"],
                                  data_sha256=file_sha256(data_path), epoch=state["best_epoch"])
     checkpoint["git_commit"] = run["git_commit"]
-    save_atomic(checkpoint, args.out)
+    save_torch_atomic(checkpoint, args.out)
     history_path = args.out.with_name(args.out.stem + "_history.json")
     write_json_atomic(history_path, {**run, "best_epoch": state["best_epoch"], "threshold": threshold,
                                      "val_metrics": val_metrics, "epochs": state["history"]})
-    figure = plot_curves(state["history"], state["best_epoch"], args.reports / "figures" / "task1_training_curves.png")
+    figure = plot_training_curves(state["history"], state["best_epoch"], args.reports / "figures" / "task1_training_curves.png")
     print(f"best epoch {state['best_epoch']}  val_auc {val_metrics['at_0.5']['auc']:.4f}  "
           f"threshold {threshold:.3f} (Youden on val)  val_acc@thr {val_metrics['at_threshold']['accuracy']:.4f}")
     print(f"wrote {args.out}, {history_path}, {figure}")
-
-
-def plot_curves(history, best_epoch, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
-    axes[0].set(title="cross-entropy loss", xlabel="epoch")
-    axes[1].plot(epochs, [h["val_auc"] for h in history], label="val AUC")
-    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy @0.5")
-    axes[1].set(title="val metrics", xlabel="epoch")
-    axes[2].plot(epochs, [h["lr"] for h in history])
-    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
-    for ax in axes[:2]:
-        ax.axvline(best_epoch, color="grey", ls=":", label=f"selected (epoch {best_epoch})")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ exists), and the VLM's Findings / Impression for each prompt strategy. Writes <o
 (one record per image and strategy) and <out>/<image>.md; --evaluate adds <out>/evaluation.csv/.md.
 MedGemma is gated: accept its licence on the hub and export HF_TOKEN (never printed or saved).
 """
-import argparse
-import csv
-import json
 import os
 import re
 from pathlib import Path
@@ -23,24 +20,27 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import numpy as np
 from PIL import Image
 
-from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_inputs, load_split
-from pneumo.explain import coarse_region, gradcam_maps
-from pneumo.inference import embed_images, predict_proba
+from pneumo.atomic import write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from pneumo.checkpoint import DEFAULT_CHECKPOINT
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
+from pneumo.data import load_inputs, load_split
+from pneumo.explain import coarse_region
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
-from pneumo.runtime import (UserError, exit_on_user_error, print_run_header, resolve_device,
-                            seed_everything, write_json_atomic)
+from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
 from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, parse_impression,
                         release_gpu_memory)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"classifier (default {DEFAULT_CHECKPOINT})")
-    p.add_argument("--split", default="test", choices=SPLITS, help="split of --indices / --evaluate (default test)")
-    p.add_argument("--indices", type=int, nargs="+", help="dataset indices (default 0 20 70)")
-    p.add_argument("--images", type=Path, nargs="+", help="image files (PNG/JPEG, any size); the VLM sees the full file")
-    p.add_argument("--k", type=int, default=5, help="similar archived cases in the context (default 5; 0 = none)")
+    p = make_parser(__doc__)
+    add_shared_flags(p, "checkpoint", "split", "indices", "images", "k", "data_root", "out", "seed", "device",
+                     checkpoint=dict(help=f"classifier (default {DEFAULT_CHECKPOINT})"),
+                     split=dict(help="split of --indices / --evaluate (default test)"),
+                     images=dict(help="image files (PNG/JPEG, any size); the VLM sees the full file"),
+                     k=dict(help="similar archived cases in the context (default 5; 0 = none)"),
+                     out=dict(default=Path("reports/task2"), help="folder for records and reports (default reports/task2)"),
+                     seed=dict(help="seed of the --evaluate sample (default 0)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help="Task 3 index, used when it exists")
     p.add_argument("--model", default=DEFAULT_VLM, help=f"hub id or local folder of an image-text-to-text model (default {DEFAULT_VLM})")
     p.add_argument("--vlm", default="on", choices=["on", "auto", "none"],
@@ -51,13 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=100, help="images drawn (seeded) for --evaluate (default 100)")
     p.add_argument("--batch_size", type=int, default=4, help="conversations per generate call (default 4; 8 fits a T4)")
     p.add_argument("--max_new_tokens", type=int, default=300, help="longest narrative in tokens (default 300)")
-    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
-    p.add_argument("--out", type=Path, default=Path("reports/task2"), help="folder for records and reports (default reports/task2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --evaluate sample (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     args = p.parse_args(argv)
-    if args.images and args.indices:
-        p.error("give --indices (dataset images) or --images (files), not both")
+    check_images_or_indices(p, args)
     if args.evaluate and (args.images or args.indices):
         p.error("--evaluate draws its own --n images of --split; drop --images / --indices")
     if args.evaluate and args.vlm == "none":
@@ -71,8 +66,10 @@ def main(args):
     run = print_run_header("generate_reports", args)
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    cases = gather_cases(args)
-    classifier_blocks(args, cases, device)
+    clf = Classifier.load(args.checkpoint, device)
+    cases = gather_cases(args, clf.image_size)
+    classifier_blocks(args, cases, clf)
+    del clf
     release_gpu_memory()  # the classifier's GPU memory goes back before the VLM loads
 
     strategies = list(STRATEGIES) if args.prompt == "all" else [args.prompt]
@@ -86,26 +83,26 @@ def main(args):
                         for case, narrative in zip(batch, narratives)]
         if vlm is None:
             break  # without a VLM the strategies do not differ
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "reports.jsonl", records)
+    write_jsonl_atomic(args.out / "reports.jsonl", records)
     for case in cases:
-        (args.out / f"{case['slug']}.md").write_text(markdown_report(case, [r for r in records if r["image"] == case["name"]]))
+        write_text_atomic(args.out / f"{case['slug']}.md",
+                          markdown_report(case, [r for r in records if r["image"] == case["name"]]))
     print(f"wrote {len(records)} records to {args.out / 'reports.jsonl'} and {len(cases)} Markdown reports to {args.out}")
     if args.evaluate:
         return evaluate(args, records, strategies)
     return records
 
 
-def gather_cases(args):
-    """Each case: name, slug, classifier-size image, the image the VLM sees, label (None for files)."""
+def gather_cases(args, size):
+    """Each case: name, slug, image at the classifier's size, the image the VLM sees, label (None for files)."""
     indices = args.indices
     if args.evaluate:  # a seeded random sample of the split (parse_args refuses --images with it)
-        n_split = len(load_split(args.data_root, args.split, 28)[1])
+        n_split = len(load_split(args.data_root, args.split, size)[1])
         indices = sorted(np.random.default_rng(args.seed).choice(n_split, size=min(args.n, n_split), replace=False).tolist())
-    small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, 28)
+    small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, size)
     cases = []
     for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
-        if key is None:  # a user's file: the VLM sees it at full size, the classifier at 28 px
+        if key is None:  # a user's file: the VLM sees it at full size, the classifier at its own size
             with Image.open(args.images[position]) as img:
                 vlm_image = img.convert("RGB")
             case_slug = slug(Path(name).stem)
@@ -115,27 +112,24 @@ def gather_cases(args):
     return cases
 
 
-def classifier_blocks(args, cases, device):
+def classifier_blocks(args, cases, clf):
     """Probability, decision, Grad-CAM region and (when the index exists) neighbours, per case."""
-    model, meta = load_checkpoint(args.checkpoint, device)
     small = np.stack([c["small"] for c in cases])
-    probs = predict_proba(model, small, meta["normalization"], device)
-    maps, _ = gradcam_maps(model, small, meta["normalization"], device, target_classes=[1] * len(cases))
+    probs = clf.predict_proba(small)
+    maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
     neighbours = [None] * len(cases)
     if args.k and args.index.exists():
-        index, index_meta = load_index(args.index, meta["sha256"])
-        vectors = embed_images(model, small, meta["normalization"], device)
-        neighbours = search(index, index_meta, vectors, args.k, exclusions(index_meta, [c["key"] for c in cases]))
+        index, index_meta = load_index(args.index, clf.sha256)
+        neighbours = search(index, index_meta, clf.embed(small), args.k, exclusions(index_meta, [c["key"] for c in cases]))
     elif args.k:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases "
               f"(build one with python task3/build_index.py)")
     for case, prob, cam, hits in zip(cases, probs, maps, neighbours):
         case["classifier"] = {
-            "checkpoint_sha256": meta["sha256"], "probability": round(float(prob), 4), "threshold": round(meta["threshold"], 4),
-            "prediction": CLASS_NAMES[int(prob > meta["threshold"])], "region": coarse_region(cam),
+            "checkpoint_sha256": clf.sha256, "probability": round(float(prob), 4), "threshold": round(clf.threshold, 4),
+            "prediction": clf.label(prob), "region": coarse_region(cam),
             "neighbours": [{k: h[k] for k in ("rank", "split", "index", "label", "distance", "similarity") if k in h}
                            for h in hits] if hits else None}
-    del model
 
 
 def load_or_explain(args, device):
@@ -181,12 +175,6 @@ def record(args, run, case, strategy, narrative, why_none, vlm):
             "impression": parse_impression(narrative["text"]) if usable else "indeterminate",
             "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
             "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
-
-
-def write_jsonl(path, records):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
 
 
 def slug(text):
@@ -241,17 +229,14 @@ def evaluate(args, records, strategies):
                  "sensitivity": float((clf[truth == "pneumonia"] == "pneumonia").mean()),
                  "specificity": float((clf[truth == "normal"] == "normal").mean()),
                  "agreement_with_classifier": 1.0, "indeterminate_rate": 0.0, "degenerate": 0})
-    with open(args.out / "evaluation.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(args.out / "evaluation.csv", list(rows[0]), [list(r.values()) for r in rows])
     cols = ["n", "accuracy", "sensitivity", "specificity", "agreement_with_classifier", "indeterminate_rate", "degenerate"]
     md = [f"# VLM impressions against the truth: {args.model} ({args.quantization}), {rows[0]['n']} {args.split} images",
           "", f"Written by `python task2/generate_reports.py --evaluate --n {args.n} --prompt {args.prompt}` "
           f"(seed {args.seed}).", "", "| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     md += [f"| {r['strategy']} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
            for r in rows]
-    (args.out / "evaluation.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(args.out / "evaluation.md", "\n".join(md) + "\n")
     print("\n".join(md))
     write_json_atomic(args.out / "evaluation.json", {"model": args.model, "quantization": args.quantization,
                                                      "split": args.split, "seed": args.seed, "rows": rows})

@@ -8,34 +8,33 @@ Writes <out> (FAISS index) and <out stem>.json (row -> split, index, label; metr
 SHA-256; build parameters), both atomically. Exact search suits archives up to about a million cases
 on one machine; see the README for when to pick HNSW or IVF.
 """
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_split
-from pneumo.inference import embed_images
+from pneumo.checkpoint import DEFAULT_CHECKPOINT
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import CLASS_NAMES, load_split
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_TYPES, METRICS, build_index, meta_path, save_index
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})")
-    p.add_argument("--split", nargs="+", default=["train", "val"], choices=SPLITS,
-                   help="splits in the archive (default train val; add test to index it too)")
+    p = make_parser(__doc__)
+    add_shared_flags(p, "checkpoint", "split", "data_root", "out", "device",
+                     checkpoint=dict(help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})"),
+                     split=dict(nargs="+", default=["train", "val"],
+                                help="splits in the archive (default train val; add test to index it too)"),
+                     out=dict(default=Path(DEFAULT_INDEX), help=f"index file (default {DEFAULT_INDEX})"))
     p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
     p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
     p.add_argument("--hnsw_m", type=int, default=32, help="HNSW links per node (default 32)")
     p.add_argument("--ef_search", type=int, default=64, help="HNSW search breadth (default 64)")
     p.add_argument("--nlist", type=int, help="IVF cells (default about 4*sqrt(N))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query (default 16)")
-    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_INDEX), help=f"index file (default {DEFAULT_INDEX})")
     p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     args = p.parse_args(argv)
     if len(set(args.split)) != len(args.split):
         p.error("--split lists a split twice")
@@ -44,13 +43,12 @@ def parse_args(argv=None):
 
 def main(args):
     run = print_run_header("build_index", args)
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
+    clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     vectors, rows = [], []
     start = time.perf_counter()
     for split in args.split:
-        images, labels = load_split(args.data_root, split, meta["image_size"])
-        vectors.append(embed_images(model, images, meta["normalization"], device, args.batch_size, desc=f"embed {split}"))
+        images, labels = load_split(args.data_root, split, clf.image_size)
+        vectors.append(clf.embed(images, args.batch_size, desc=f"embed {split}"))
         rows += [{"split": split, "index": i, "label": CLASS_NAMES[y]} for i, y in enumerate(labels.tolist())]
     vectors = np.concatenate(vectors)
     embed_seconds = time.perf_counter() - start
@@ -63,8 +61,8 @@ def main(args):
         build.update(hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     if args.index_type == "ivf":
         build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
-    save_index(index, {**run, "checkpoint": meta["path"], "checkpoint_sha256": meta["sha256"],
-                       "metric": args.metric, "image_size": meta["image_size"], "build": build, "rows": rows}, args.out)
+    save_index(index, {**run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256,
+                       "metric": args.metric, "image_size": clf.image_size, "build": build, "rows": rows}, args.out)
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
           f"wrote {args.out} and {meta_path(args.out)}")

@@ -9,37 +9,31 @@ Prints a table per query and writes <out>/task3_query_results.json and the galle
 <out>/figures/task3_visual_results.png; --evaluate writes <out>/task3_retrieval_eval.json and .md.
 A query that is itself in the archive is left out of its own results.
 """
-import argparse
 from pathlib import Path
 
-import numpy as np
-
-from pneumo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from pneumo.data import CLASS_NAMES, SPLITS, default_data_root, load_inputs, load_split
-from pneumo.explain import plot_panels
-from pneumo.inference import embed_images
-from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, write_json_atomic
+from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.checkpoint import DEFAULT_CHECKPOINT
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
+from pneumo.data import CLASS_NAMES, load_inputs, load_split
+from pneumo.plots import plot_panels
+from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, retrieval_scores, search
+from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 
 EVAL_KS = (1, 5, 10)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"classifier that embeds the query (default {DEFAULT_CHECKPOINT})")
+    p = make_parser(__doc__)
+    add_shared_flags(p, "checkpoint", "split", "indices", "images", "k", "data_root", "out", "device",
+                     checkpoint=dict(help=f"classifier that embeds the query (default {DEFAULT_CHECKPOINT})"),
+                     split=dict(help="split of --indices and of --evaluate (default test)"),
+                     k=dict(help="neighbours per query; with --evaluate, the kNN vote size (default 5)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"index from build_index.py (default {DEFAULT_INDEX})")
-    p.add_argument("--split", default="test", choices=SPLITS, help="split of --indices and of --evaluate (default test)")
-    p.add_argument("--indices", type=int, nargs="+", help="dataset indices to query (default 0 20 70)")
-    p.add_argument("--images", type=Path, nargs="+", help="image files to query (PNG/JPEG, any size and mode)")
-    p.add_argument("--k", type=int, default=5, help="neighbours per query; with --evaluate, the kNN vote size (default 5)")
     p.add_argument("--evaluate", action="store_true", help="query every image of --split and score the retrieval")
-    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for results and figures/ (default reports)")
     p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     args = p.parse_args(argv)
-    if args.images and args.indices:
-        p.error("give --indices (dataset images) or --images (files), not both")
+    check_images_or_indices(p, args)
     if args.evaluate and (args.images or args.indices):
         p.error("--evaluate queries the whole --split; drop --images / --indices")
     if args.k < 1:
@@ -49,23 +43,21 @@ def parse_args(argv=None):
 
 def main(args):
     run = print_run_header("query", args)
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
-    index, index_meta = load_index(args.index, meta["sha256"])
+    clf = Classifier.load(args.checkpoint, resolve_device(args.device))
+    index, index_meta = load_index(args.index, clf.sha256)
     if args.evaluate:
-        return evaluate(args, run, model, meta, index, index_meta, device)
+        return evaluate(args, run, clf, index, index_meta)
 
-    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, meta["image_size"])
-    vectors = embed_images(model, images, meta["normalization"], device, args.batch_size)
-    results = search(index, index_meta, vectors, args.k, exclusions(index_meta, keys))
+    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size)
+    results = search(index, index_meta, clf.embed(images, args.batch_size), args.k, exclusions(index_meta, keys))
     records = [{"query": name, "label": label, "neighbours": hits}
                for name, label, hits in zip(names, labels, results)]
     for record in records:
         print_table(record, index_meta["metric"])
     write_json_atomic(args.out / "task3_query_results.json",
-                      {**run, "checkpoint_sha256": meta["sha256"], "index": str(args.index),
+                      {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index),
                        "metric": index_meta["metric"], "queries": records})
-    figure = plot_gallery(args, images, records, index_meta, meta["image_size"])
+    figure = plot_gallery(args, images, records, index_meta, clf.image_size)
     print(f"wrote {args.out / 'task3_query_results.json'} and {figure}")
     return records
 
@@ -94,36 +86,19 @@ def plot_gallery(args, images, records, index_meta, size):
                        title=f"query and its {args.k} most similar archived cases ({index_meta['metric']})")
 
 
-def evaluate(args, run, model, meta, index, index_meta, device):
-    images, labels = load_split(args.data_root, args.split, meta["image_size"])
-    names = [CLASS_NAMES[y] for y in labels]
-    vectors = embed_images(model, images, meta["normalization"], device, args.batch_size, desc=f"embed {args.split}")
-    depth = max(max(EVAL_KS), args.k)
-    hits = search(index, index_meta, vectors, depth, exclusions(index_meta, [(args.split, i) for i in range(len(labels))]))
-    relevant = np.array([[h["label"] == name for h in row] for row, name in zip(hits, names)])
-    votes = np.array([[h["label"] == CLASS_NAMES[1] for h in row[:args.k]] for row in hits])
-    knn_pred = (votes.sum(axis=1) * 2 > args.k).astype(int)  # majority of k; ties (even k) go to normal
-    groups = {"overall": np.ones(len(labels), bool), **{c: labels == i for i, c in enumerate(CLASS_NAMES)}}
-    table = {g: {**{f"precision@{k}": float(relevant[m, :k].mean()) for k in EVAL_KS},
-                 "map@10": float(average_precision_at(relevant[m], 10).mean()),
-                 f"knn{args.k}_accuracy": float((knn_pred[m] == labels[m]).mean()), "n": int(m.sum())}
-             for g, m in groups.items()}
-    result = {**run, "checkpoint_sha256": meta["sha256"], "index": str(args.index), "metric": index_meta["metric"],
+def evaluate(args, run, clf, index, index_meta):
+    images, labels = load_split(args.data_root, args.split, clf.image_size)
+    vectors = clf.embed(images, args.batch_size, desc=f"embed {args.split}")
+    keys = [(args.split, i) for i in range(len(labels))]
+    hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
+    result = {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index), "metric": index_meta["metric"],
               "index_type": index_meta["build"]["index_type"], "archive": index_meta["build"]["splits"],
-              "archive_size": index.ntotal, "split": args.split, "metrics": table}
+              "archive_size": index.ntotal, "split": args.split,
+              "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k)}
     write_json_atomic(args.out / "task3_retrieval_eval.json", result)
-    (args.out / "task3_retrieval_eval.md").write_text(eval_markdown(result, args.k))
+    write_text_atomic(args.out / "task3_retrieval_eval.md", eval_markdown(result, args.k))
     print(eval_markdown(result, args.k))
     return result
-
-
-def average_precision_at(relevant, k):
-    """AP@k per query: the mean of precision@i over the ranks i <= k that hold a relevant case
-    (same label as the query), divided by the number of relevant cases in the top k; 0 if none."""
-    rel = relevant[:, :k].astype(float)
-    precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
-    hits = rel.sum(axis=1)
-    return np.where(hits > 0, (precision_at_i * rel).sum(axis=1) / np.maximum(hits, 1), 0.0)
 
 
 def eval_markdown(result, k):

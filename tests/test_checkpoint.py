@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pneumo.checkpoint import load_checkpoint, make_checkpoint, save_atomic
+from pneumo.atomic import save_torch_atomic
+from pneumo.checkpoint import load_checkpoint, make_checkpoint
 from pneumo.model import build_model
 from pneumo.runtime import UserError
 
@@ -13,7 +14,7 @@ def write_checkpoint(path, threshold=0.42):
     ckpt = make_checkpoint(model, image_size=28, normalization={"mean": 0.5, "std": 0.5},
                            threshold=threshold, val_metrics={"auc": 0.9}, train_args={"lr": 0.002},
                            data_sha256="ab" * 32, epoch=3)
-    save_atomic(ckpt, path)
+    save_torch_atomic(ckpt, path)
     return model.eval()
 
 

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import error_line, files_under, run_cli
+from pneumo.classifier import Classifier
 from pneumo.data import load_split
 from task1 import evaluate
 
@@ -46,55 +47,43 @@ def test_intervals_bracket_the_estimates_and_figures_exist(evaluation):
         assert (evaluation / "figures" / f"task1_{name}_test.png").stat().st_size > 10_000
 
 
+def test_failure_cases_are_the_most_confident_mistakes_at_the_stored_threshold(evaluation, trained_checkpoint):
+    metrics = json.loads((evaluation / "task1_metrics_test.json").read_text())
+    rows = list(csv.DictReader(open(evaluation / "task1_predictions_test.csv")))
+    threshold = Classifier.load(trained_checkpoint).threshold
+    wrong_fp = sorted((float(r["probability"]) for r in rows if int(r["label"]) == 0 and float(r["probability"]) > threshold),
+                      reverse=True)
+    listed = [c["probability"] for c in metrics["failure_cases"]["false_positives"]]
+    assert listed == pytest.approx(wrong_fp[:2])
+    assert len(metrics["failure_cases"]["false_negatives"]) == min(2, metrics["at_threshold"]["fn"])
+
+
 def test_bad_inputs_end_in_one_line(trained_checkpoint, synthetic_root, tmp_path):
     common = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--out", tmp_path]
-    result = run_script("task1/evaluate.py", *common, "--indices", "0", "96")
-    assert result.returncode == 1 and "out of range" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
     (tmp_path / "scan.jpeg").write_bytes(b"\x00" * 100)
-    result = run_script("task1/evaluate.py", *common, "--images", tmp_path / "scan.jpeg")
-    assert result.returncode == 1 and "not a readable image" in result.stderr
-    missing = run_script("task1/evaluate.py", "--checkpoint", tmp_path / "none.pth", "--out", tmp_path)
-    assert missing.returncode == 1 and "not found" in missing.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.jpeg"]
+    before = files_under(tmp_path)
+    result = run_cli(evaluate, *common, "--indices", "0", "96")
+    assert result.returncode == 1 and "out of range" in error_line(result)
+    result = run_cli(evaluate, *common, "--images", tmp_path / "scan.jpeg")
+    assert result.returncode == 1 and "not a readable image" in error_line(result)
+    missing = run_cli(evaluate, "--checkpoint", tmp_path / "none.pth", "--out", tmp_path)
+    assert missing.returncode == 1 and "not found" in error_line(missing)
+    both = run_cli(evaluate, *common, "--indices", "0", "--images", tmp_path / "scan.jpeg")
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert files_under(tmp_path) == before
 
 
-def test_tta_study_views_and_one_view_rows(trained_checkpoint, synthetic_root, tmp_path):
-    from pneumo.checkpoint import load_checkpoint
-    from pneumo.inference import predict_proba
-    from pneumo.metrics import binary_metrics
-    from task1 import tta_study
+def test_user_files_get_a_probability_and_the_stored_decision(trained_checkpoint, synthetic_root, tmp_path):
+    from PIL import Image
     images, labels = load_split(synthetic_root, "test")
-    assert np.array_equal(tta_study.view(images, *tta_study.VIEWS["plain"]), images)
-    shifted = tta_study.view(images, *tta_study.VIEWS["right 2 px"])
-    assert np.array_equal(shifted[:, :, 2:], images[:, :, :-2]) and not shifted[:, :, :2].any()
-    tta_study.main(tta_study.parse_args(["--checkpoints", str(trained_checkpoint), "--data_root", str(synthetic_root),
-                                         "--out", str(tmp_path), "--device", "cpu"]))
-    rows = json.loads((tmp_path / "tta.json").read_text())["rows"]
-    assert len(rows) == 2 * len(tta_study.SETS)
-    model, meta = load_checkpoint(trained_checkpoint)
-    plain = binary_metrics(labels, predict_proba(model, images, meta["normalization"]))
-    one = next(r for r in rows if r["split"] == "test" and r["views"] == "one view")
-    assert one["auc"] == pytest.approx(plain["auc"]) and one["accuracy"] == pytest.approx(plain["accuracy"])
-    assert "| test | 9 views |" in (tmp_path / "tta.md").read_text()
-
-
-def test_seed_study_states_the_recipe_and_refuses_repeated_seeds(trained_checkpoint, synthetic_root, tmp_path):
-    from task1 import seed_study
-    result = seed_study.main(seed_study.parse_args(["--checkpoints", str(trained_checkpoint), "--data_root",
-                                                    str(synthetic_root), "--out", str(tmp_path), "--device", "cpu"]))
-    run = result["runs"][0]
-    assert run["recipe"]["aug_border"] == "reflect" and run["recipe"]["batch_size"] == 16 and "seed" not in run["recipe"]
-    assert result["summary"]["at_0.5"]["auc"]["mean"] == pytest.approx(run["at_0.5"]["auc"])
-    text = (tmp_path / "task1_seeds.md").read_text()
-    assert text.startswith("# Task 1: test metrics over 1 seed\n") and "`--aug_border reflect`" in text
-    repeated = run_script("task1/seed_study.py", "--checkpoints", trained_checkpoint, trained_checkpoint,
-                          "--data_root", synthetic_root, "--out", tmp_path / "again")
-    assert repeated.returncode == 1 and "share seeds" in repeated.stderr
-    assert not (tmp_path / "again" / "task1_seeds.json").exists()
-    a_file = tmp_path / "notes.txt"
-    a_file.write_text("keep me")
-    blocked = run_script("task1/seed_study.py", "--checkpoints", trained_checkpoint, "--data_root", synthetic_root,
-                         "--out", a_file)
-    assert blocked.returncode == 1 and len(blocked.stderr.strip().splitlines()) == 1
-    assert "not a folder" in blocked.stderr and a_file.read_text() == "keep me"
+    paths = []
+    for i in (0, 1, 2, 3):  # dataset films saved as files, blown up 4x as a scanner would give them
+        paths.append(tmp_path / f"film{i}.png")
+        Image.fromarray(images[i]).resize((112, 112), Image.Resampling.BICUBIC).save(paths[-1])
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--images", *paths, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    threshold = Classifier.load(trained_checkpoint).threshold
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().endswith(".png")]
+    assert [r[2] for r in rows] == [str(p) for p in paths]
+    assert [r[1] for r in rows] == ["pneumonia" if float(r[0]) > threshold else "normal" for r in rows]
+    assert [r[1] for r in rows] == ["pneumonia" if y else "normal" for y in labels[:4]]  # the model is right on these

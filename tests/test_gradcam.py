@@ -5,11 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED_SAMPLES, run_script
+from conftest import SHARED_SAMPLES, error_line, run_cli
 from pneumo.checkpoint import load_checkpoint
 from pneumo.data import load_split
 from pneumo.explain import coarse_region, deletion_auc, deletion_curves, gradcam_maps
 from pneumo.model import build_model
+from task1 import gradcam
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,13 @@ def test_cli_explains_user_files_and_refuses_bad_ones(trained_checkpoint, tmp_pa
     rgb = np.random.default_rng(0).integers(0, 255, (300, 180, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     files = [tmp_path / "photo.png", *sorted(SHARED_SAMPLES.glob("*/*.jpeg"))[:1]]
-    result = run_script("task1/gradcam.py", "--checkpoint", trained_checkpoint, "--images", *files,
-                        "--out", tmp_path / "out", "--target", "pneumonia")
+    result = run_cli(gradcam, "--checkpoint", trained_checkpoint, "--images", *files,
+                     "--out", tmp_path / "out", "--target", "pneumonia")
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "out" / "task1_gradcam_images.json").read_text())
     assert len(record["images"]) == len(files) and all(r["target"] == "pneumonia" for r in record["images"])
     assert (tmp_path / "out" / "figures" / "task1_gradcam_images.png").stat().st_size > 20_000
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    bad = run_script("task1/gradcam.py", "--checkpoint", trained_checkpoint, "--images", tmp_path / "broken.png",
-                     "--out", tmp_path / "out2")
-    assert bad.returncode == 1 and "not a readable image" in bad.stderr and not (tmp_path / "out2").exists()
+    bad = run_cli(gradcam, "--checkpoint", trained_checkpoint, "--images", tmp_path / "broken.png",
+                  "--out", tmp_path / "out2")
+    assert bad.returncode == 1 and "not a readable image" in error_line(bad) and not (tmp_path / "out2").exists()

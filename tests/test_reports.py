@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
+REPO = Path(__file__).resolve().parent.parent
+REPORTS = REPO / "reports"
 
 
 def load(name):
-    path = REPORTS / name
+    path = REPO / name if "/" in name else REPORTS / name
     if not path.exists():
         pytest.skip(f"{name} not generated in this checkout")
     return json.loads(path.read_text())
@@ -32,7 +33,7 @@ def test_classification_report_quotes_the_metrics_files():
                         "medmnist.auc": metrics["medmnist_evaluator"]["auc"],
                         "medmnist.acc": metrics["medmnist_evaluator"]["accuracy"],
                         "threshold": metrics["at_threshold"]["threshold"]})
-    seeds = load("task1_seeds.json")
+    seeds = load("experiments/results/seeds/task1_seeds.json")
     for key in ("at_0.5", "at_threshold"):
         for name in ("auc", "accuracy"):
             assert_cited(text, {f"seeds.{key}.{name}.mean": seeds["summary"][key][name]["mean"],

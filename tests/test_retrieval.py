@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
-from pneumo.checkpoint import save_atomic
-from pneumo.retrieval import build_index, load_index, save_index, search
+from conftest import error_line, files_under, run_cli
+from pneumo.atomic import save_torch_atomic
+from pneumo.retrieval import average_precision_at, build_index, load_index, save_index, search
 from pneumo.runtime import UserError
 from task3 import build_index as build_cli
 from task3 import query
@@ -59,7 +59,7 @@ def test_saved_index_is_refused_for_another_checkpoint(tmp_path):
 
 def test_average_precision_definition():
     relevant = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], bool)
-    ap = query.average_precision_at(relevant, 4)
+    ap = average_precision_at(relevant, 4)
     assert ap == pytest.approx([(1 + 2 / 3) / 2, 0.0, (1 / 2 + 2 / 3 + 3 / 4) / 3])
 
 
@@ -73,7 +73,7 @@ def archive(trained_checkpoint, synthetic_root, tmp_path_factory):
 
 def test_query_cli_tables_json_and_gallery(archive, trained_checkpoint, synthetic_root, tmp_path):
     common = ["--checkpoint", trained_checkpoint, "--index", archive, "--data_root", synthetic_root, "--out", tmp_path]
-    result = run_script("task3/query.py", *common, "--indices", "0", "5", "--k", "3")
+    result = run_cli(query, *common, "--indices", "0", "5", "--k", "3")
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "task3_query_results.json").read_text())["queries"]
     assert [len(r["neighbours"]) for r in records] == [3, 3]
@@ -102,14 +102,12 @@ def test_query_refuses_bad_requests_in_one_line(archive, trained_checkpoint, syn
     cases = [(["--k", "100000"], "larger than the archive"), (["--indices", "500"], "out of range"),
              (["--images", tmp_path / "missing.png"], "does not exist")]
     for extra, message in cases:
-        result = run_script("task3/query.py", *common, *extra)
-        assert result.returncode == 1 and message in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        result = run_cli(query, *common, *extra)
+        assert result.returncode == 1 and message in error_line(result)
     other = tmp_path / "other.pth"
     payload = torch.load(trained_checkpoint, weights_only=True)
     payload["threshold"] = 0.123
-    save_atomic(payload, other)
-    result = run_script("task3/query.py", "--checkpoint", other, "--index", archive, "--data_root", synthetic_root,
-                        "--out", tmp_path)
-    assert result.returncode == 1 and "another checkpoint" in result.stderr
+    save_torch_atomic(payload, other)
+    result = run_cli(query, "--checkpoint", other, "--index", archive, "--data_root", synthetic_root, "--out", tmp_path)
+    assert result.returncode == 1 and "another checkpoint" in error_line(result)
     assert list(tmp_path.iterdir()) == [other]

@@ -3,57 +3,55 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from pneumo.checkpoint import load_checkpoint
-from pneumo.data import NORMALIZATION, load_split
-from pneumo.inference import predict_proba
+from conftest import FAST_TRAIN, REPO, error_line, files_under, run_cli
+from pneumo.classifier import Classifier
+from pneumo.data import load_split
 from pneumo.metrics import binary_metrics
-from conftest import FAST_TRAIN, REPO, run_script
+from pneumo.runtime import UserError
+from pneumo.training import balanced_class_weights
 from task1 import train
 
 
 def train_args(root, out, *extra):
-    return train.parse_args([*FAST_TRAIN, "--data_root", str(root), "--out", str(out),
-                             "--reports", str(out.parent / "reports"), *extra])
+    return [*FAST_TRAIN, "--data_root", root, "--out", out, "--reports", out.parent / "reports", *extra]
 
 
-@pytest.fixture
-def reference_run(trained_checkpoint):
-    return trained_checkpoint
+def test_short_training_really_learns(trained_checkpoint, synthetic_root):
+    """AUC alone is blind to a model that calls everything pneumonia: the decisions must beat the
+    majority class, at the stored threshold and at 0.5, and the probabilities must spread."""
+    clf = Classifier.load(trained_checkpoint)
+    for split in ("val", "test"):
+        images, labels = load_split(synthetic_root, split)
+        probs = clf.predict_proba(images)
+        majority = max(labels.mean(), 1 - labels.mean())
+        assert binary_metrics(labels, probs)["auc"] > 0.95, split
+        for threshold in (clf.threshold, 0.5):
+            assert binary_metrics(labels, probs, threshold)["accuracy"] > majority + 0.25, (split, threshold)
+        assert probs[labels == 0].mean() < 0.4 and probs[labels == 1].mean() > 0.6, split
+    assert 0.05 < clf.threshold < 0.95
 
 
-def test_short_training_really_learns(reference_run, synthetic_root):
-    model, meta = load_checkpoint(reference_run)
-    images, labels = load_split(synthetic_root, "test")
-    test_auc = binary_metrics(labels, predict_proba(model, images, NORMALIZATION))["auc"]
-    assert meta["val_metrics"]["at_0.5"]["auc"] > 0.9 and test_auc > 0.9
-    assert 0.0 < meta["threshold"] < 1.0
-
-
-def test_run_records_history_curves_and_provenance(reference_run):
-    history = json.loads(reference_run.with_name("model_history.json").read_text())
+def test_run_records_history_curves_and_provenance(trained_checkpoint):
+    history = json.loads(trained_checkpoint.with_name("model_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
     assert [e["weights"] for e in history["epochs"]] == ["raw", "ema", "ema"]  # the average starts after warm-up
     assert history["best_epoch"] == max(history["epochs"], key=lambda e: e["val_auc"])["epoch"]
-    assert (reference_run.parent / "reports" / "figures" / "task1_training_curves.png").stat().st_size > 10_000
-    _, meta = load_checkpoint(reference_run)
-    assert meta["train_args"]["seed"] == 0 and len(meta["data_sha256"]) == 64
-    assert not reference_run.with_name("model.resume.pth").exists()
+    assert (trained_checkpoint.parent / "reports" / "figures" / "task1_training_curves.png").stat().st_size > 10_000
+    clf = Classifier.load(trained_checkpoint)
+    assert clf.meta["train_args"]["seed"] == 0 and clf.meta["train_args"]["ema_decay"] == 0.8
+    assert clf.meta["threshold"] == history["threshold"] and len(clf.meta["data_sha256"]) == 64
+    assert not trained_checkpoint.with_name("model.resume.pth").exists()
 
 
-def test_same_seed_gives_the_same_weights(reference_run, synthetic_root, tmp_path):
-    train.main(train_args(synthetic_root, tmp_path / "again.pth"))
-    a = torch.load(reference_run, weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "again.pth", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_interrupted_training_resumes_to_the_same_result(reference_run, synthetic_root, tmp_path, monkeypatch):
+@pytest.fixture
+def interrupted_run(synthetic_root, tmp_path, monkeypatch):
+    """A run killed during its second epoch: only the resume file written after epoch 1 is left."""
     out = tmp_path / "model.pth"
-    real_epoch = train.train_one_epoch
-    calls = []
+    real_epoch, calls = train.train_one_epoch, []
 
     def crash_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -62,46 +60,70 @@ def test_interrupted_training_resumes_to_the_same_result(reference_run, syntheti
         return real_epoch(*args, **kwargs)
     monkeypatch.setattr(train, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.main(train_args(synthetic_root, out))
-    assert not out.exists() and out.with_name("model.resume.pth").exists()
-
+        train.main(train.parse_args(list(map(str, train_args(synthetic_root, out)))))
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    train.main(train_args(synthetic_root, out, "--resume"))
-    a = torch.load(reference_run, weights_only=True)["state_dict"]
-    b = torch.load(out, weights_only=True)["state_dict"]
+    assert not out.exists() and out.with_name("model.resume.pth").exists()
+    return out
+
+
+def test_interrupted_training_resumes_to_the_same_result(interrupted_run, trained_checkpoint, synthetic_root):
+    """Same seed, same flags: resuming after epoch 1 gives the uninterrupted run's weights exactly."""
+    result = run_cli(train, *train_args(synthetic_root, interrupted_run), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch 1" in result.stdout
+    a = torch.load(trained_checkpoint, weights_only=True)["state_dict"]
+    b = torch.load(interrupted_run, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    history = json.loads(out.with_name("model_history.json").read_text())
+    history = json.loads(interrupted_run.with_name("model_history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert not interrupted_run.with_name("model.resume.pth").exists()
+
+
+def test_resume_with_other_settings_is_refused(interrupted_run, synthetic_root):
+    before = files_under(interrupted_run.parent)
+    result = run_cli(train, *train_args(synthetic_root, interrupted_run), "--lr", "0.01", "--resume")
+    assert result.returncode == 1
+    line = error_line(result)
+    assert "written with other settings" in line and "'lr': (0.002, 0.01)" in line
+    assert files_under(interrupted_run.parent) == before  # the resume file is kept for a correct retry
+
+
+def test_resume_without_a_resume_file_or_with_a_damaged_one(synthetic_root, tmp_path):
+    missing = run_cli(train, *train_args(synthetic_root, tmp_path / "x.pth"), "--resume")
+    assert missing.returncode == 1 and "does not exist" in error_line(missing)
+    (tmp_path / "y.resume.pth").write_bytes(b"")
+    empty = run_cli(train, *train_args(synthetic_root, tmp_path / "y.pth"), "--resume")
+    assert empty.returncode == 1 and "truncated or corrupt" in error_line(empty)
 
 
 def test_balanced_class_weights_give_each_class_half_the_loss():
     labels = torch.tensor([0] * 10 + [1] * 30)
-    weights = train.balanced_class_weights(labels)
+    weights = balanced_class_weights(labels)
     assert torch.allclose(weights * torch.bincount(labels), torch.tensor([20.0, 20.0]))
-    with pytest.raises(train.UserError, match="both classes"):
-        train.balanced_class_weights(torch.ones(8, dtype=torch.long))
-
-
-def test_resume_with_other_settings_is_refused(synthetic_root, tmp_path):
-    out = tmp_path / "model.pth"
-    out.with_name("model.resume.pth").write_bytes(b"")
-    result = run_script("task1/train.py", *FAST_TRAIN, "--data_root", synthetic_root, "--out", out, "--resume")
-    assert result.returncode == 1 and result.stderr.strip().startswith("error:")
-    missing = run_script("task1/train.py", "--data_root", synthetic_root, "--out", tmp_path / "x.pth", "--resume")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    with pytest.raises(UserError, match="both classes"):
+        balanced_class_weights(torch.ones(8, dtype=torch.long))
 
 
 def test_bad_flags_and_missing_data_fail_in_one_line(tmp_path):
-    bad = run_script("task1/train.py", "--epochs", "0")
+    bad = run_cli(train, "--epochs", "0")
     assert bad.returncode == 2 and "--epochs must be" in bad.stderr
     corrupt = tmp_path / "pneumoniamnist.npz"
     corrupt.write_bytes(b"garbage")
-    result = run_script("task1/train.py", "--data_root", tmp_path, "--out", tmp_path / "m.pth")
-    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert "not a readable .npz" in result.stderr and corrupt.read_bytes() == b"garbage"
-    assert not (tmp_path / "m.pth").exists()
+    result = run_cli(train, "--data_root", tmp_path, "--out", tmp_path / "m.pth")
+    assert result.returncode == 1 and "not a readable .npz" in error_line(result)
+    assert corrupt.read_bytes() == b"garbage" and not (tmp_path / "m.pth").exists()
 
 
+def test_script_runs_as_a_user_runs_it(tmp_path):
+    """The `__main__` block itself, in a fresh process: a one-line error and exit 1 on bad data."""
+    (tmp_path / "pneumoniamnist.npz").write_bytes(b"garbage")
+    done = subprocess.run([sys.executable, str(REPO / "task1/train.py"), "--data_root", str(tmp_path),
+                           "--out", str(tmp_path / "m.pth")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.strip().startswith("error:") and "not a readable .npz" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_two_process_data_parallel_run(synthetic_root, tmp_path):
     out = tmp_path / "ddp.pth"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -111,8 +133,10 @@ def test_two_process_data_parallel_run(synthetic_root, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "x2" in result.stdout
-    model, meta = load_checkpoint(out)
-    assert meta["epoch"] in (1, 2)
+    clf = Classifier.load(out)
+    assert clf.meta["epoch"] in (1, 2)
     history = json.loads(out.with_name("ddp_history.json").read_text())
     # 256 images, global batch 32 over 2 processes: 8 steps of 16 per process and epoch
     assert history["world_size"] == 2 and history["steps_per_epoch"] == 8
+    images, labels = load_split(synthetic_root, "val")
+    assert np.isfinite(clf.predict_proba(images)).all()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import error_line, run_cli
 from pneumo.runtime import UserError
 from pneumo.vlm import (build_messages, compute_dtype, generate, load_vlm, parse_impression,
                         quantization_config)
@@ -77,13 +77,23 @@ def test_each_prompt_strategy_carries_what_it_should():
 
 
 def test_tiny_gemma3_loads_through_the_medgemma_path_and_generates_in_batches(tiny_vlm):
+    """Batched generation must give each conversation the text it gets alone (left padding, attention
+    mask and image placement right), with the prompt sliced off and no special token in the text."""
+    from tiny_gemma3 import SPECIAL, WORDS
     model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    # no end-of-text or padding token can be drawn, so every row runs to max_new_tokens
+    model.generation_config.suppress_tokens = processor.tokenizer.convert_tokens_to_ids(SPECIAL)
     images = [Image.new("RGB", (28, 28), 128), Image.new("RGB", (300, 200), 30)]
-    conversations = [build_messages("zero_shot", img) for img in images]
-    out = generate(model, processor, conversations, max_new_tokens=5)
-    assert len(out) == 2 and all(o["new_tokens"] <= 5 for o in out)
-    assert all(o["degenerate"] in (None, "empty") for o in out)
+    conversations = [build_messages("zero_shot", images[0]),  # a short and a long prompt: one row is padded
+                     build_messages("context_aware", images[1], {"probability": 0.9, "threshold": 0.5,
+                                                                 "prediction": "pneumonia", "region": None})]
+    together = generate(model, processor, conversations, max_new_tokens=5)
+    alone = [generate(model, processor, [c], max_new_tokens=5)[0] for c in conversations]
+    assert [o["text"] for o in together] == [o["text"] for o in alone]
+    for o in together:
+        assert o["new_tokens"] == 5 and o["degenerate"] is None
+        assert len(o["text"].split()) == 5 and set(o["text"].split()) <= set(WORDS)
 
 
 def test_empty_or_nan_generations_are_marked(tiny_vlm, monkeypatch):
@@ -127,8 +137,8 @@ def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoi
 
 
 def test_no_vlm_path_writes_structured_reports_and_says_so(trained_checkpoint, synthetic_root, tmp_path):
-    result = run_script("task2/generate_reports.py", "--checkpoint", trained_checkpoint, "--data_root", synthetic_root,
-                        "--vlm", "none", "--indices", "4", "--out", tmp_path / "r", "--index", tmp_path / "none.faiss")
+    result = run_cli(generate_reports, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root,
+                     "--vlm", "none", "--indices", "4", "--out", tmp_path / "r", "--index", tmp_path / "none.faiss")
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "r" / "reports.jsonl").read_text())
     assert record["narrative"] is None and "no narrative was generated" in record["note"]
@@ -138,19 +148,17 @@ def test_no_vlm_path_writes_structured_reports_and_says_so(trained_checkpoint, s
 def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synthetic_root, tmp_path):
     common = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--indices", "4",
               "--model", "example-org/not-here", "--quantization", "none", "--index", tmp_path / "none.faiss"]
-    auto = run_script("task2/generate_reports.py", *common, "--vlm", "auto", "--out", tmp_path / "a",
-                      env={"HF_HUB_OFFLINE": "1"})
+    auto = run_cli(generate_reports, *common, "--vlm", "auto", "--out", tmp_path / "a")
     assert auto.returncode == 0 and "note: no narrative" in auto.stdout
-    on = run_script("task2/generate_reports.py", *common, "--vlm", "on", "--out", tmp_path / "b",
-                    env={"HF_HUB_OFFLINE": "1"})
-    assert on.returncode == 1 and "HF_TOKEN" in on.stderr and len(on.stderr.strip().splitlines()) == 1
+    on = run_cli(generate_reports, *common, "--vlm", "on", "--out", tmp_path / "b")
+    assert on.returncode == 1 and "HF_TOKEN" in error_line(on)
     assert not (tmp_path / "b").exists()
 
 
 def test_user_image_files_become_cases_named_after_the_file(tmp_path):
     photo = tmp_path / "my film.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(photo)
-    cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]))
+    cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]), 28)
     assert len(cases) == 1 and cases[0]["label"] is None and cases[0]["key"] is None
     assert cases[0]["small"].shape == (28, 28) and cases[0]["vlm_image"].size == (200, 300)
     assert cases[0]["slug"] == "my_film" and cases[0]["name"] == str(photo)
@@ -159,7 +167,7 @@ def test_user_image_files_become_cases_named_after_the_file(tmp_path):
 def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):
     def sample(seed):
         args = generate_reports.parse_args(["--evaluate", "--n", "5", "--seed", str(seed), "--data_root", str(synthetic_root)])
-        return [(c["key"], c["label"]) for c in generate_reports.gather_cases(args)]
+        return [(c["key"], c["label"]) for c in generate_reports.gather_cases(args, 28)]
     first = sample(0)
     assert first == sample(0) and first != sample(1)
     assert len(set(first)) == 5 and all(key[0] == "test" and label in ("normal", "pneumonia") for key, label in first)

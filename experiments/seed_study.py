@@ -2,34 +2,33 @@
 
     python task1/train.py --seed 1 --out models/seeds/seed1.pth
     python task1/train.py --seed 2 --out models/seeds/seed2.pth
-    python task1/seed_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
+    python experiments/seed_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
 
 Each checkpoint was chosen on val by train.py; here each sees the test split once. Writes
 <out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.checkpoint import load_checkpoint
-from pneumo.data import default_data_root, load_split
-from pneumo.inference import predict_proba
-from pneumo.metrics import binary_metrics
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, write_json_atomic
-from task1.evaluate import medmnist_check
-from task1.train import RECIPE_FLAGS
+from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import load_split
+from pneumo.metrics import binary_metrics, medmnist_check
+from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device
+from pneumo.training import RECIPE_FLAGS
 
 SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="one checkpoint per seed")
-    p.add_argument("--split", default="test", choices=["val", "test"], help="split to score (default test)")
-    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for task1_seeds.json/.md (default reports)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    add_shared_flags(p, "split", "data_root", "out", "device",
+                     split=dict(choices=["val", "test"], help="split to score (default test)"),
+                     out=dict(default=Path("experiments/results/seeds"),
+                              help="folder for task1_seeds.json/.md (default experiments/results/seeds)"))
     return p.parse_args(argv)
 
 
@@ -38,15 +37,16 @@ def main(args):
     device = resolve_device(args.device)
     runs = []
     for path in args.checkpoints:
-        model, meta = load_checkpoint(path, device)
-        images, labels = load_split(args.data_root, args.split, meta["image_size"])
-        probs = predict_proba(model, images, meta["normalization"], device)
-        runs.append({"checkpoint": str(path), "sha256": meta["sha256"], "seed": meta["train_args"].get("seed"),
+        clf = Classifier.load(path, device)
+        images, labels = load_split(args.data_root, args.split, clf.image_size)
+        probs = clf.predict_proba(images)
+        meta = clf.meta
+        runs.append({"checkpoint": str(path), "sha256": clf.sha256, "seed": meta["train_args"].get("seed"),
                      "recipe": recipe(meta["train_args"]),
                      "best_epoch": meta["epoch"], "val_auc": meta["val_metrics"]["at_0.5"]["auc"],
                      "at_0.5": binary_metrics(labels, probs, 0.5),
-                     "at_threshold": binary_metrics(labels, probs, meta["threshold"]),
-                     "medmnist_evaluator": medmnist_check(args.data_root, args.split, meta["image_size"], probs)})
+                     "at_threshold": binary_metrics(labels, probs, clf.threshold),
+                     "medmnist_evaluator": medmnist_check(args.data_root, args.split, clf.image_size, probs)})
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"checkpoints share seeds {seeds}; give one checkpoint per seed")
@@ -55,7 +55,7 @@ def main(args):
                      for m in SHOWN} for key in ("at_0.5", "at_threshold")}
     result = {**run, "split": args.split, "runs": runs, "summary": summary}
     write_json_atomic(args.out / "task1_seeds.json", result)
-    (args.out / "task1_seeds.md").write_text(markdown(result))
+    write_text_atomic(args.out / "task1_seeds.md", markdown(result))
     print(markdown(result))
     return result
 
@@ -70,7 +70,7 @@ def recipe(train_args):
 def markdown(result):
     n = len(result["runs"])
     lines = [f"# Task 1: {result['split']} metrics over {n} seed{'s' if n > 1 else ''}", "",
-             "Written by `python task1/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
+             "Written by `python experiments/seed_study.py --checkpoints " + " ".join(result["args"]["checkpoints"]) + "`.",
              "Each checkpoint is the epoch with the best val AUC of one `train.py` run; the threshold column uses that",
              "run's Youden threshold chosen on val. Training recipe (the checkpoints' `train_args`, seed aside):", ""]
     recipes = []

@@ -1,12 +1,11 @@
 """Does test-time augmentation help? Val and test metrics of each checkpoint, one view against the
 mean P(pneumonia) over shifted, turned and zoomed views (the kinds train.py augments with).
 
-    python task1/tta_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
+    python experiments/tta_study.py --checkpoints models/task1_model.pth models/seeds/seed1.pth models/seeds/seed2.pth
 
 Writes <out>/tta.json and <out>/tta.md. An experiment, not part of the pipeline: the scripts
 predict from one view.
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,12 @@ import torch
 from sklearn.metrics import log_loss
 from torchvision.transforms.v2 import functional as F
 
-from pneumo.checkpoint import load_checkpoint
-from pneumo.data import default_data_root, load_split
-from pneumo.inference import predict_proba
+from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import load_split
 from pneumo.metrics import binary_metrics
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, write_json_atomic
+from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 
 # (angle in degrees, shift in pixels (x, y), scale); the first is the plain image.
 VIEWS = {"plain": (0, (0, 0), 1.0), "right 2 px": (0, (2, 0), 1.0), "left 2 px": (0, (-2, 0), 1.0),
@@ -28,11 +28,10 @@ SETS = {"one view": ["plain"], "5 views (shifts)": list(VIEWS)[:5], "9 views": l
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to compare")
-    p.add_argument("--data_root", default=default_data_root(), help="folder with pneumoniamnist.npz")
-    p.add_argument("--out", type=Path, default=Path("reports/ablation_tta"), help="folder for tta.json/.md")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    add_shared_flags(p, "data_root", "out", "device",
+                     out=dict(default=Path("experiments/results/tta"), help="folder for tta.json/.md (default experiments/results/tta)"))
     return p.parse_args(argv)
 
 
@@ -52,23 +51,22 @@ def main(args):
     device = resolve_device(args.device)
     rows = []
     for path in args.checkpoints:
-        model, meta = load_checkpoint(path, device)
+        clf = Classifier.load(path, device)
         for split in ("val", "test"):
-            images, labels = load_split(args.data_root, split, meta["image_size"])
-            probs = {name: predict_proba(model, view(images, *spec), meta["normalization"], device)
-                     for name, spec in VIEWS.items()}
+            images, labels = load_split(args.data_root, split, clf.image_size)
+            probs = {name: clf.predict_proba(view(images, *spec)) for name, spec in VIEWS.items()}
             for set_name, names in SETS.items():
-                rows.append({"checkpoint": str(path), "seed": meta["train_args"].get("seed"), "split": split,
+                rows.append({"checkpoint": str(path), "seed": clf.meta["train_args"].get("seed"), "split": split,
                              "views": set_name, **scores(labels, np.mean([probs[n] for n in names], axis=0))})
     write_json_atomic(args.out / "tta.json", {**run, "views": VIEWS, "rows": rows})
     text = markdown(rows, args.checkpoints)
-    (args.out / "tta.md").write_text(text)
+    write_text_atomic(args.out / "tta.md", text)
     print(text)
 
 
 def markdown(rows, checkpoints):
     lines = ["# Test-time augmentation: one view against the mean over several", "",
-             "Written by `python task1/tta_study.py --checkpoints " + " ".join(map(str, checkpoints)) + "`.",
+             "Written by `python experiments/tta_study.py --checkpoints " + " ".join(map(str, checkpoints)) + "`.",
              "NLL: mean negative log-likelihood of the true label; accuracy at P = 0.5.", "",
              "## mean ± sd over the checkpoints", "", "| split | views | AUC | accuracy | NLL |", "|---|---|---|---|---|"]
     for split in ("val", "test"):

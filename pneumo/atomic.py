@@ -1,0 +1,66 @@
+"""The one way the project writes a file: into a uniquely named temp file beside the target, then an
+atomic rename. Readers never see half a file, two writers never share a temp file, and a failed or
+interrupted write leaves the old file (or none) and no temp file behind."""
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .runtime import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path in the target's folder; on success it replaces `path`, else it is removed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot write {path}: {path.parent} is a file, not a folder; "
+                        f"choose another output folder") from None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path, payload, indent=2) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def write_jsonl_atomic(path, records) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_csv_atomic(path, header, rows) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return Path(path)
+
+
+def save_torch_atomic(payload, path) -> Path:
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def save_figure_atomic(fig, path, dpi=120) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)

@@ -1,0 +1,48 @@
+"""The command-line vocabulary every script shares: one definition per flag, so users learn them once.
+A script builds its parser here, names the shared flags it takes (with its own default or help where
+it differs), and adds its own flags in plain sight."""
+import argparse
+from pathlib import Path
+
+from .checkpoint import DEFAULT_CHECKPOINT
+from .data import SIZES, SPLITS, default_data_root
+
+SHARED_FLAGS = {
+    "checkpoint": dict(default=DEFAULT_CHECKPOINT,
+                       help=f"classifier checkpoint written by task1/train.py (default {DEFAULT_CHECKPOINT})"),
+    "data_root": dict(default=None, help="folder with pneumoniamnist*.npz (default $PNEUMONIA_DATA_ROOT or ./data; "
+                                         "downloaded by medmnist when missing)"),
+    "size": dict(type=int, default=28, choices=SIZES, help="image side in pixels (default 28)"),
+    "split": dict(default="test", choices=SPLITS, help="dataset split (default test)"),
+    "indices": dict(type=int, nargs="+", help="dataset indices of --split (default 0 20 70)"),
+    "images": dict(type=Path, nargs="+", help="image files (PNG/JPEG, any size and mode)"),
+    "k": dict(type=int, default=5, help="similar archived cases per query (default 5)"),
+    "out": dict(type=Path, default=Path("reports"), help="folder for results and figures/ (default reports)"),
+    "device": dict(default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"),
+    "seed": dict(type=int, default=0, help="random seed (default 0)"),
+}
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose --help shows the script's docstring, examples included."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_shared_flags(parser, *names, **changes):
+    """Add the named shared flags; `changes` maps a flag name to the keywords it sets otherwise,
+    e.g. out=dict(default=Path("reports/task2"), help="...")."""
+    for name in names:
+        spec = {**SHARED_FLAGS[name], **changes.get(name, {})}
+        if name == "data_root" and spec["default"] is None:
+            spec["default"] = default_data_root()  # read at parse time, so the environment counts
+        parser.add_argument(f"--{name}", **spec)
+    unknown = set(changes) - set(names)
+    if unknown:
+        raise ValueError(f"changes for flags not added: {sorted(unknown)}")
+    return parser
+
+
+def check_images_or_indices(parser, args):
+    """Dataset indices or image files, not both: the one rule every script that looks at cases keeps."""
+    if getattr(args, "images", None) and getattr(args, "indices", None):
+        parser.error("give --indices (dataset images) or --images (files), not both")

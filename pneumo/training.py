@@ -1,0 +1,126 @@
+"""The pieces of a training run that train.py assembles: processes and devices, mixed precision,
+class weights, the weight average, one epoch, and the resume file."""
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from tqdm.auto import tqdm
+
+from .atomic import save_torch_atomic
+from .checkpoint import read_payload
+from .data import normalize
+from .model import unwrap
+from .runtime import UserError, resolve_device
+
+# Flags that change the result; a resumed run must use the same ones.
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
+                "class_weight", "aug_border", "ema_decay", "seed", "size", "amp")
+
+
+def setup_distributed(device_name):
+    """Single process, or one of several started by torchrun (RANK/WORLD_SIZE in the environment)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return rank, world_size, device
+
+
+def wrap_distributed(model, device, world_size):
+    if world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def resolve_amp(choice, device):
+    """bf16 autocast where the hardware runs bf16 natively (AVX-512 BF16 / AMX CPUs, Ampere+ GPUs),
+    fp16 with loss scaling on older GPUs (T4), fp32 otherwise."""
+    if choice == "none":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def balanced_class_weights(labels):
+    """Per-class loss weights n / (2 n_c) (scikit-learn's "balanced"): both classes weigh the same."""
+    labels = np.asarray(labels).ravel()
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise UserError(f"train has {counts.tolist()} images per class; both classes are needed")
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(2), y=labels), dtype=torch.float32)
+
+
+def make_ema(model, decay):
+    """torch's EMA of parameters and BatchNorm buffers; None when decay is 0."""
+    if decay == 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype,
+                    ema=None, ema_start=0, desc=None):
+    model.train()
+    total, count = 0.0, 0
+    for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+        x = normalize(images).to(device, memory_format=torch.channels_last)
+        y = labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None and scheduler.last_epoch > ema_start:  # last_epoch counts optimiser steps
+            ema.update_parameters(unwrap(model))
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / count
+
+
+def save_resume_state(path, args, state, model, optimizer, scheduler, scaler, ema):
+    save_torch_atomic({"recipe": {k: getattr(args, k) for k in RECIPE_FLAGS}, **state,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None}, path)
+
+
+def load_resume_state(path, args, model, optimizer, scheduler, scaler, ema):
+    saved = read_payload(path)
+    recipe = {k: getattr(args, k) for k in RECIPE_FLAGS}
+    if saved.get("recipe") != recipe:
+        diff = {k: (saved.get("recipe", {}).get(k), v) for k, v in recipe.items() if saved.get("recipe", {}).get(k) != v}
+        raise UserError(f"{path} was written with other settings {diff} (saved, now); rerun with the same flags")
+    model.load_state_dict(saved["model"], strict=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"], strict=True)
+    return {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "best_state")}
