@@ -1,0 +1,71 @@
+"""The package pieces every script shares: the classifier object, the flag vocabulary, the writer."""
+import json
+
+import numpy as np
+import pytest
+
+from pneumo.atomic import atomic_path, write_json_atomic
+from pneumo.classifier import Classifier
+from pneumo.data import load_split
+from pneumo.runtime import UserError
+from task1 import evaluate, gradcam, train
+from task2 import generate_reports
+from task3 import build_index, query
+
+SCRIPTS = {"train": train, "evaluate": evaluate, "gradcam": gradcam, "generate_reports": generate_reports,
+           "build_index": build_index, "query": query}
+
+
+def test_classifier_decides_strictly_above_its_stored_threshold(trained_checkpoint, synthetic_root):
+    clf = Classifier.load(trained_checkpoint)
+    t = clf.threshold
+    assert clf.decide([t - 1e-6, t, t + 1e-6]).tolist() == [0, 0, 1]  # medmnist's rule: P > threshold
+    assert [clf.label(p) for p in (t, t + 1e-6)] == ["normal", "pneumonia"]
+    images, _ = load_split(synthetic_root, "val")
+    assert clf.image_size == 28 and clf.embed(images[:3]).shape == (3, 512)
+    maps, targets = clf.gradcam(images[:3], target_classes=[1, 1, 1])
+    assert maps.shape == (3, 28, 28) and targets.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["evaluate", "gradcam", "generate_reports", "query"])
+def test_every_script_that_takes_cases_refuses_indices_and_images_together(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        SCRIPTS[name].parse_args(["--indices", "1", "--images", "x.png"])
+    assert exit_.value.code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_shared_flags_mean_the_same_in_every_script(monkeypatch, tmp_path):
+    monkeypatch.setenv("PNEUMONIA_DATA_ROOT", str(tmp_path))
+    for name, script in SCRIPTS.items():
+        args = script.parse_args(["--device", "cpu"])
+        assert args.data_root == str(tmp_path), name  # the environment variable counts everywhere
+        if hasattr(args, "checkpoint"):
+            assert args.checkpoint == "models/task1_model.pth", name
+        if hasattr(args, "indices"):
+            assert script.parse_args(["--indices", "3", "4"]).indices == [3, 4], name
+
+
+def test_writer_replaces_whole_files_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "out" / "result.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"b": object()})  # fails half-way: the old file must stay whole
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+    with atomic_path(target) as first, atomic_path(target) as second:  # two writers of one file
+        assert first != second
+        first.write_text("1")
+        second.write_text("2")
+    assert target.read_text() == "1" and [p.name for p in target.parent.iterdir()] == ["result.json"]
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        write_json_atomic(tmp_path / "a_file" / "x.json", {})
+    assert (tmp_path / "a_file").read_text() == "keep"
+
+
+def test_gradcam_maps_do_not_depend_on_the_batch_size(trained_checkpoint, synthetic_root):
+    clf = Classifier.load(trained_checkpoint)
+    images, labels = load_split(synthetic_root, "test")
+    one, _ = clf.gradcam(images[:12], target_classes=labels[:12], batch_size=12)
+    split, _ = clf.gradcam(images[:12], target_classes=labels[:12], batch_size=5)
+    assert np.allclose(one, split, atol=1e-5)
