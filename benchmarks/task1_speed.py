@@ -4,7 +4,7 @@ fp32 baseline of the same network, measured side by side (interleaved rounds) in
     python benchmarks/task1_speed.py                 # ~3 min on 2 CPU cores
     python benchmarks/task1_speed.py --rounds 1      # quicker, noisier
 
-Writes reports/benchmark_task1.json and reports/benchmark_task1.md. Synthetic images of the real size:
+Writes <out>/benchmark_task1.json and <out>/benchmark_task1.md (published with --out reports). Synthetic images of the real size:
 speed does not depend on pixel values.
 """
 import argparse
@@ -22,7 +22,7 @@ from pneumo.explain import gradcam_maps
 from pneumo.inference import predict_proba
 from pneumo.model import build_model
 from pneumo.atomic import write_json_atomic, write_text_atomic
-from pneumo.runtime import print_run_header
+from pneumo.runtime import DEFAULT_RUN, print_run_header
 from pneumo.training import cpu_has_native_bf16
 
 
@@ -30,7 +30,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="timed optimiser steps per configuration and round (default 6)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is reported (default 2)")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for benchmark_task1.* (default reports)")
+    p.add_argument("--out", type=Path, default=DEFAULT_RUN,
+                   help=f"folder for benchmark_task1.* (default {DEFAULT_RUN}; the published one is reports/)")
     return p.parse_args(argv)
 
 

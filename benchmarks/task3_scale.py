@@ -11,7 +11,7 @@ is built once and searched at several settings (HNSW efSearch, IVF nprobe).
 Vectors (--data): `archive` (default) draws from a Gaussian with the mean and covariance of the real
 archive's embeddings (--index, built by task3/build_index.py), so the synthetic archive has the spread
 and spectrum of the classifier's features; `mixture` is a 2,000-component Gaussian mixture, a clustered
-case in which k-means cells fill unevenly. Writes reports/benchmark_task3.json and .md.
+case in which k-means cells fill unevenly. Writes <out>/benchmark_task3.json and .md (published with --out reports).
 """
 import argparse
 import time
@@ -23,7 +23,7 @@ import psutil
 
 from pneumo.retrieval import DEFAULT_INDEX, build_index, default_nlist
 from pneumo.atomic import write_json_atomic, write_text_atomic
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header
+from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header
 
 DIM = 512
 TARGET = {"recall@10": 0.95, "speedup": 20.0, "n": 1_000_000}  # the issue's target at 1M vectors
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batched throughput (default 1000)")
     p.add_argument("--single", type=int, default=300, help="one-at-a-time queries for latency percentiles (default 300)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--out", type=Path, default=DEFAULT_RUN,
+                   help=f"folder for benchmark_task3.* (default {DEFAULT_RUN}; the published one is reports/)")
     args = p.parse_args(argv)
     if min(args.sizes) < 100 or args.queries < 1 or not 1 <= args.single <= args.queries:
         p.error("--sizes must be >= 100 and 1 <= --single <= --queries")

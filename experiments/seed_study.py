@@ -7,8 +7,6 @@
 Each checkpoint was chosen on val by train.py; here each sees the test split once. Writes
 <out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
 """
-from pathlib import Path
-
 import numpy as np
 
 from pneumo.atomic import write_json_atomic, write_text_atomic
@@ -16,7 +14,7 @@ from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
 from pneumo.metrics import binary_metrics, medmnist_check
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device
 from pneumo.training import RECIPE_FLAGS
 
 SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
@@ -27,8 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoints", nargs="+", required=True, help="one checkpoint per seed")
     add_shared_flags(p, "split", "data_root", "out", "device",
                      split=dict(choices=["val", "test"], help="split to score (default test)"),
-                     out=dict(default=Path("experiments/results/seeds"),
-                              help="folder for task1_seeds.json/.md (default experiments/results/seeds)"))
+                     out=dict(default=DEFAULT_RUN / "seeds", help=f"folder for task1_seeds.json/.md (default "
+                              f"{DEFAULT_RUN / 'seeds'}; the published study is experiments/results/seeds)"))
     return p.parse_args(argv)
 
 

@@ -6,8 +6,6 @@ mean P(pneumonia) over shifted, turned and zoomed views (the kinds train.py augm
 Writes <out>/tta.json and <out>/tta.md. An experiment, not part of the pipeline: the scripts
 predict from one view.
 """
-from pathlib import Path
-
 import numpy as np
 import torch
 from sklearn.metrics import log_loss
@@ -18,7 +16,7 @@ from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
 from pneumo.metrics import binary_metrics
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
 
 # (angle in degrees, shift in pixels (x, y), scale); the first is the plain image.
 VIEWS = {"plain": (0, (0, 0), 1.0), "right 2 px": (0, (2, 0), 1.0), "left 2 px": (0, (-2, 0), 1.0),
@@ -31,7 +29,8 @@ def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to compare")
     add_shared_flags(p, "data_root", "out", "device",
-                     out=dict(default=Path("experiments/results/tta"), help="folder for tta.json/.md (default experiments/results/tta)"))
+                     out=dict(default=DEFAULT_RUN / "tta", help=f"folder for tta.json/.md (default {DEFAULT_RUN / 'tta'}; "
+                              f"the published study is experiments/results/tta)"))
     return p.parse_args(argv)
 
 

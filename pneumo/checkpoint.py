@@ -12,6 +12,7 @@ from .model import ARCH, build_model, unwrap
 from .runtime import UserError
 
 DEFAULT_CHECKPOINT = "models/task1_model.pth"
+CHECKPOINT_NAME = "task1_model.pth"  # the checkpoint inside a run folder
 REQUIRED_KEYS = ("format_version", "arch", "in_channels", "image_size", "class_names",
                  "normalization", "threshold", "state_dict")
 FORMAT_VERSION = 1
@@ -59,6 +60,9 @@ def read_payload(path) -> dict:
 
 def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
     """(model in eval mode on `device`, metadata dict without the weights). The only loader."""
+    path = Path(path)
+    if path.is_dir():  # a run folder: its own checkpoint
+        path = path / CHECKPOINT_NAME
     payload = read_payload(path)
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:

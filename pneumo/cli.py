@@ -6,10 +6,12 @@ from pathlib import Path
 
 from .checkpoint import DEFAULT_CHECKPOINT
 from .data import SIZES, SPLITS, default_data_root
+from .runtime import DEFAULT_RUN
 
 SHARED_FLAGS = {
     "checkpoint": dict(default=DEFAULT_CHECKPOINT,
-                       help=f"classifier checkpoint written by task1/train.py (default {DEFAULT_CHECKPOINT})"),
+                       help=f"classifier checkpoint written by task1/train.py, or a run folder holding one "
+                            f"(default {DEFAULT_CHECKPOINT}, the shipped one)"),
     "data_root": dict(default=None, help="folder with pneumoniamnist*.npz (default $PNEUMONIA_DATA_ROOT or ./data; "
                                          "downloaded by medmnist when missing)"),
     "size": dict(type=int, default=28, choices=SIZES, help="image side in pixels (default 28)"),
@@ -17,7 +19,8 @@ SHARED_FLAGS = {
     "indices": dict(type=int, nargs="+", help="dataset indices of --split (default 0 20 70)"),
     "images": dict(type=Path, nargs="+", help="image files (PNG/JPEG, any size and mode)"),
     "k": dict(type=int, default=5, help="similar archived cases per query (default 5)"),
-    "out": dict(type=Path, default=Path("reports"), help="folder for results and figures/ (default reports)"),
+    "out": dict(type=Path, default=DEFAULT_RUN,
+                help=f"run folder for results and figures/ (default {DEFAULT_RUN}, ignored by git)"),
     "device": dict(default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"),
     "seed": dict(type=int, default=0, help="random seed (default 0)"),
 }

@@ -11,6 +11,7 @@ from .runtime import UserError
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 METRICS = ("l2", "cosine")
 DEFAULT_INDEX = "models/task3_index.faiss"
+INDEX_NAME = "task3_index.faiss"  # the index inside a run folder
 
 
 def prepare(vectors, metric):
@@ -64,6 +65,8 @@ def meta_path(path) -> Path:
 def load_index(path, checkpoint_sha256: str):
     """(index, metadata); refuses a missing or unreadable pair and one built from another checkpoint."""
     path = Path(path)
+    if path.is_dir():  # a run folder: its own index
+        path = path / INDEX_NAME
     if not path.is_file() or not meta_path(path).is_file():
         raise UserError(f"index {path} (with {meta_path(path).name}) not found; build it with "
                         f"`python task3/build_index.py`")

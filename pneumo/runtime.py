@@ -10,6 +10,9 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where a script writes when no --out is given: an ignored folder, so the committed models/ and
+# reports/ (the published results of the shipped checkpoint) change only when a maintainer asks.
+DEFAULT_RUN = Path("runs/default")
 
 
 class UserError(Exception):

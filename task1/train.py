@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pneumo.atomic import save_torch_atomic, write_json_atomic
-from pneumo.checkpoint import DEFAULT_CHECKPOINT, make_checkpoint
+from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import (NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split,
                          train_augmentation)
@@ -28,7 +28,7 @@ from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, seed_everything
+from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, seed_everything
 from pneumo.training import (balanced_class_weights, load_resume_state, make_ema, resolve_amp,
                              save_resume_state, setup_distributed, train_one_epoch, wrap_distributed)
 
@@ -54,11 +54,14 @@ def parse_args(argv=None):
                    help="mixed precision: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs")
     add_shared_flags(p, "seed", "device", "data_root", "size", "out",
                      seed=dict(help="seed for init, shuffling and augmentation (default 0)"),
-                     out=dict(default=Path(DEFAULT_CHECKPOINT), help=f"checkpoint path (default {DEFAULT_CHECKPOINT})"))
-    p.add_argument("--reports", type=Path, default=Path("reports"), help="folder for figures (default reports)")
+                     out=dict(default=DEFAULT_RUN / CHECKPOINT_NAME,
+                              help=f"checkpoint path (default {DEFAULT_RUN / CHECKPOINT_NAME}; the shipped one, "
+                                   f"{DEFAULT_CHECKPOINT}, is replaced only by scripts/publish_run.sh)"))
+    p.add_argument("--reports", type=Path, help="folder for figures/ (default: the checkpoint's folder)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pth, written after every epoch")
     p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default 0: tensors in memory are fast enough)")
     args = p.parse_args(argv)
+    args.reports = args.reports or args.out.parent
     if args.epochs < 1 or args.batch_size < 2 or args.lr <= 0:
         p.error("--epochs must be >= 1, --batch_size >= 2 and --lr > 0")
     if not 0 <= args.warmup_epochs < args.epochs:

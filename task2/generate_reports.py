@@ -27,7 +27,8 @@ from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
 from pneumo.data import load_inputs, load_split
 from pneumo.explain import coarse_region
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
-from pneumo.runtime import UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
+from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
+                            seed_everything)
 from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, parse_impression,
                         release_gpu_memory)
 
@@ -39,12 +40,14 @@ def parse_args(argv=None):
                      split=dict(help="split of --indices / --evaluate (default test)"),
                      images=dict(help="image files (PNG/JPEG, any size); the VLM sees the full file"),
                      k=dict(help="similar archived cases in the context (default 5; 0 = none)"),
-                     out=dict(default=Path("reports/task2"), help="folder for records and reports (default reports/task2)"),
+                     out=dict(default=DEFAULT_RUN / "task2", help=f"folder for records and reports (default {DEFAULT_RUN / 'task2'})"),
                      seed=dict(help="seed of the --evaluate sample (default 0)"))
-    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help="Task 3 index, used when it exists")
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
+                   help=f"Task 3 index or a run folder holding one, used when it exists (default {DEFAULT_INDEX})")
     p.add_argument("--model", default=DEFAULT_VLM, help=f"hub id or local folder of an image-text-to-text model (default {DEFAULT_VLM})")
-    p.add_argument("--vlm", default="on", choices=["on", "auto", "none"],
-                   help="on: a VLM is required; auto: fall back to no narrative, saying why; none: skip the VLM")
+    p.add_argument("--vlm", default="auto", choices=["on", "auto", "none"],
+                   help="auto (default): the narrative when the VLM loads, else the rest of the report and one line "
+                        "saying why; on: a VLM is required (exit 1 without one); none: skip the VLM")
     p.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="nf4 = 4-bit bitsandbytes on CUDA (default)")
     p.add_argument("--prompt", default="context_aware", choices=[*STRATEGIES, "all"], help="prompt strategy (default context_aware)")
     p.add_argument("--evaluate", action="store_true", help="score the VLM's impressions on --n images of --split")

@@ -9,16 +9,14 @@ SHA-256; build parameters), both atomically. Exact search suits archives up to a
 on one machine; see the README for when to pick HNSW or IVF.
 """
 import time
-from pathlib import Path
-
 import numpy as np
 
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import CLASS_NAMES, load_split
-from pneumo.retrieval import DEFAULT_INDEX, INDEX_TYPES, METRICS, build_index, meta_path, save_index
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index
+from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
 
 
 def parse_args(argv=None):
@@ -27,7 +25,8 @@ def parse_args(argv=None):
                      checkpoint=dict(help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})"),
                      split=dict(nargs="+", default=["train", "val"],
                                 help="splits in the archive (default train val; add test to index it too)"),
-                     out=dict(default=Path(DEFAULT_INDEX), help=f"index file (default {DEFAULT_INDEX})"))
+                     out=dict(default=DEFAULT_RUN / INDEX_NAME,
+                              help=f"index file (default {DEFAULT_RUN / INDEX_NAME}; the shipped one is {DEFAULT_INDEX})"))
     p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
     p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
     p.add_argument("--hnsw_m", type=int, default=32, help="HNSW links per node (default 32)")

@@ -29,7 +29,8 @@ def parse_args(argv=None):
                      checkpoint=dict(help=f"classifier that embeds the query (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices and of --evaluate (default test)"),
                      k=dict(help="neighbours per query; with --evaluate, the kNN vote size (default 5)"))
-    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"index from build_index.py (default {DEFAULT_INDEX})")
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
+                   help=f"index from build_index.py, or a run folder holding one (default {DEFAULT_INDEX}, the shipped one)")
     p.add_argument("--evaluate", action="store_true", help="query every image of --split and score the retrieval")
     p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
