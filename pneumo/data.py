@@ -81,15 +81,23 @@ def check_indices(indices, n: int, split: str) -> list:
 
 def load_inputs(images, indices, data_root, split: str, size: int):
     """What a script was asked to look at: image files, or dataset indices (default test 0, 20, 70:
-    pneumonia, normal, pneumonia). uint8 images (N, size, size), class-name labels (None for files),
-    display names and (split, index) keys (None for files)."""
+    pneumonia, normal, pneumonia). uint8 images (N, size, size), class-name labels (for files, the
+    name of the folder they sit in when it is a class name, else None), display names and
+    (split, index) keys (None for files)."""
     if images:
         arrays = np.stack([load_image_file(p, size) for p in images])
-        return arrays, [None] * len(arrays), [str(p) for p in images], [None] * len(arrays)
+        return arrays, [label_from_folder(p) for p in images], [str(p) for p in images], [None] * len(arrays)
     all_images, all_labels = load_split(data_root, split, size)
     chosen = check_indices(indices if indices is not None else [0, 20, 70], len(all_labels), split)
     return (all_images[chosen], [CLASS_NAMES[all_labels[i]] for i in chosen],
             [f"{split} #{i}" for i in chosen], [(split, i) for i in chosen])
+
+
+def label_from_folder(path):
+    """'normal' or 'pneumonia' when a file sits in a folder of that name (as in the public Kermany
+    layout and ../shared/samples), else None: the label is unknown."""
+    folder = Path(path).parent.name.lower()
+    return folder if folder in CLASS_NAMES else None
 
 
 def file_sha256(path) -> str:

@@ -2,7 +2,6 @@
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .data import normalize
@@ -71,28 +70,47 @@ def deletion_auc(curves, fractions=DELETION_FRACTIONS):
     return np.trapezoid(curves, x=np.asarray(fractions), axis=1)
 
 
-def overlay(image_uint8, cam_map, size=DISPLAY_SIZE):
-    """RGB uint8 overlay of a map on the grayscale image, both upsampled to `size` for reading."""
+def overlay(image_uint8, cam_map, size=DISPLAY_SIZE, strength=0.6):
+    """RGB uint8 overlay of a map on the grayscale image, both upsampled to `size` for reading. The
+    colour's opacity follows the map (up to `strength` at its peak), so where the map is cold the film
+    shows through untouched and the anatomy under the hot spot stays readable."""
+    from matplotlib import colormaps
     img = torch.as_tensor(image_uint8, dtype=torch.float32)[None, None] / 255.0
     big = torch.nn.functional.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)
     heat = torch.nn.functional.interpolate(torch.as_tensor(cam_map, dtype=torch.float32)[None, None],
                                            size=(size, size), mode="bilinear", align_corners=False)
-    rgb = big[0, 0].clamp(0, 1).numpy()[..., None].repeat(3, axis=2)
-    return show_cam_on_image(rgb, heat[0, 0].clamp(0, 1).numpy(), use_rgb=True, image_weight=0.6)
+    film = big[0, 0].clamp(0, 1).numpy()[..., None].repeat(3, axis=2)
+    cam = heat[0, 0].clamp(0, 1).numpy()
+    alpha = strength * cam[..., None]
+    rgb = (1 - alpha) * film + alpha * colormaps["jet"](cam)[..., :3]
+    return np.uint8(np.round(255 * rgb))
 
 
-def coarse_region(cam_map, share=0.5):
-    """Where a map puts its evidence, in the patient's terms: '<right|left> <upper|lower> zone'
-    (or 'bilateral ...' when both lungs weigh alike). A frontal film shows the patient's right on
-    the image's left. Uses the centre of mass of the pixels above `share` of the maximum."""
+# Bands of a frontal film, as fractions of its width and height: the middle fifth of the width is
+# the mediastinum and heart; the lungs lie either side.
+CENTRAL_BAND = (0.4, 0.6)
+
+
+def coarse_region(cam_map, share=0.8):
+    """Where a map puts its evidence, in the patient's terms: 'right lung, lower zone', 'left lung,
+    upper zone', 'both lungs, lower zones' or 'central (mediastinum / heart), middle zone'. A frontal
+    film shows the patient's right on the image's left. Only the map's peak counts (pixels at or above
+    `share` of its maximum): the broad low plateau of an upsampled 4x4 map would otherwise pull every
+    answer to the middle. Sides: the peak's mass left of, inside and right of CENTRAL_BAND; both lungs
+    when each side holds at least a third of it. Zones: thirds of the height, from the peak's centre."""
     cam = np.asarray(cam_map, dtype=float)
-    hot = np.where(cam >= share * cam.max(), cam, 0.0)
-    if hot.sum() <= 0:
+    if not np.isfinite(cam).all() or cam.max() <= 0:
         return "no localised evidence"
+    hot = np.where(cam >= share * cam.max(), cam, 0.0)
     rows, cols = np.indices(cam.shape)
-    cy, cx = (hot * rows).sum() / hot.sum() / cam.shape[0], (hot * cols).sum() / hot.sum() / cam.shape[1]
-    left_image, right_image = hot[:, : cam.shape[1] // 2].sum(), hot[:, cam.shape[1] // 2:].sum()
-    balance = min(left_image, right_image) / max(left_image, right_image)
-    side = "bilateral" if balance > 0.6 else ("right" if cx < 0.5 else "left")
-    zone = "upper" if cy < 0.5 else "lower"
-    return f"{side} {zone} zone" if side == "bilateral" else f"{side} lung, {zone} zone"
+    x = (cols + 0.5) / cam.shape[1]
+    total = hot.sum()
+    image_left = hot[x < CENTRAL_BAND[0]].sum() / total
+    image_right = hot[x > CENTRAL_BAND[1]].sum() / total
+    cy = (hot * (rows + 0.5)).sum() / total / cam.shape[0]
+    zone = "upper" if cy < 1 / 3 else ("middle" if cy < 2 / 3 else "lower")
+    if min(image_left, image_right) >= 1 / 3:
+        return f"both lungs, {zone} zones"
+    if max(image_left, image_right) < 0.5:  # most of the peak lies in the central band
+        return f"central (mediastinum / heart), {zone} zone"
+    return f"{'right' if image_left > image_right else 'left'} lung, {zone} zone"

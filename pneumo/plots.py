@@ -29,40 +29,59 @@ def _figure(ncols=1, width=4.6):
     return fig, axes[0]
 
 
+def grid_columns(n: int, most: int = 5) -> int:
+    """Columns for n panels with no empty cell when a divisor of n up to `most` allows (10 -> 5, 9 -> 3),
+    else the fewest empty cells."""
+    if n <= most:
+        return max(1, n)
+    return min(range(most, 1, -1), key=lambda c: ((-n) % c, -c))
+
+
+def wrap_title(text: str, width: int = 42) -> str:
+    """Each line of a panel title wrapped to `width` characters, long file names broken, not cut."""
+    import textwrap
+    return "\n".join(part for line in text.split("\n")
+                     for part in (textwrap.wrap(line, width, break_long_words=True, break_on_hyphens=False) or [""]))
+
+
 def plot_panels(panels, path, title=None, cols=4):
-    """A grid of panels; each is None (empty cell) or a dict with `image` (uint8 HxW), optional `cam`,
-    `title` and `color`."""
+    """A grid of panels; each is None (an empty cell, to align rows) or a dict with `image` (uint8 HxW),
+    optional `cam`, `title` and `color`. Titles are wrapped, never cut."""
+    titles = [wrap_title(p.get("title", "")) if p else "" for p in panels]
+    lines = max([t.count("\n") + 1 for t in titles] + [1])
     rows = max(1, int(np.ceil(len(panels) / cols)))
     cols = min(cols, max(1, len(panels)))
-    height = 3.6 * rows + (0.5 if title else 0)  # room for two-line titles above each panel
-    fig, axes = _pyplot().subplots(rows, cols, figsize=(3.0 * cols, height), squeeze=False)
+    panel_height = 3.3 + 0.25 * lines
+    height = panel_height * rows + (0.5 if title else 0)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(3.2 * cols, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, panel in zip(axes.ravel(), panels):
-        if panel is None:  # an empty cell keeps rows aligned
+    for ax, panel, text in zip(axes.ravel(), panels, titles):
+        if panel is None:
             continue
         if panel.get("cam") is not None:
             ax.imshow(overlay(panel["image"], panel["cam"]))
         else:
             ax.imshow(panel["image"], cmap="gray", vmin=0, vmax=255, interpolation="bicubic")
-        ax.set_title(panel.get("title", ""), fontsize=9, color=panel.get("color", "black"))
+        ax.set_title(text, fontsize=8.5, color=panel.get("color", "black"))
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height) if title else None)
+    fig.tight_layout(h_pad=1.5, rect=(0, 0, 1, 1 - 0.5 / height) if title else None)
     return _save(fig, path, dpi=110, tight=False)
 
 
-def plot_confusion(labels, probs, threshold, path):
+def plot_confusion(labels, probs, threshold, path, split="test"):
     from sklearn.metrics import ConfusionMatrixDisplay
     fig, axes = _figure(2)
-    for ax, thr, name in ((axes[0], 0.5, "threshold 0.5"), (axes[1], threshold, f"val threshold {threshold:.3f}")):
+    for ax, thr, name in ((axes[0], 0.5, "threshold 0.5"), (axes[1], threshold, f"val-chosen threshold {threshold:.3f}")):
         ConfusionMatrixDisplay.from_predictions(labels, (np.asarray(probs) > thr).astype(int),
                                                 display_labels=CLASS_NAMES, cmap="Blues", colorbar=False, ax=ax)
         ax.set_title(name)
+    fig.suptitle(f"confusion matrices, {split} split (n = {len(labels)})")
     return _save(fig, path)
 
 
-def plot_roc_pr(labels, probs, results, path):
+def plot_roc_pr(labels, probs, results, path, split="test"):
     """ROC with both operating points, and the precision-recall curve; `results` holds
     with_bootstrap's metrics under at_0.5 and at_threshold."""
     from sklearn.metrics import precision_recall_curve, roc_curve
@@ -74,50 +93,67 @@ def plot_roc_pr(labels, probs, results, path):
     for key, marker in (("at_0.5", "o"), ("at_threshold", "s")):
         r = results[key]
         axes[0].plot(1 - r["specificity"], r["recall"], marker, label=f"threshold {r['threshold']:.3f}")
-    axes[0].set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
+    axes[0].set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, {split} split")
     precision, recall, _ = precision_recall_curve(labels, probs)
     axes[1].plot(recall, precision, label=f"PR AUC {m['pr_auc']:.3f}")
     axes[1].axhline(np.mean(labels), ls=":", color="grey", label=f"prevalence {np.mean(labels):.3f}")
-    axes[1].set(xlabel="recall", ylabel="precision", title="precision-recall")
+    axes[1].set(xlabel="recall", ylabel="precision", title=f"precision-recall, {split} split")
     for ax in axes:
         ax.legend(fontsize=8, loc="lower right" if ax is axes[0] else "lower left")
     return _save(fig, path)
 
 
-def plot_reliability(labels, probs, calib, path):
+def plot_reliability(labels, probs, calib, path, split="test"):
     from sklearn.calibration import calibration_curve
     fig, axes = _figure(1)
     frac, mean_pred = calibration_curve(labels, probs, n_bins=calib["ece_bins"], strategy="uniform")
     axes[0].plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
     axes[0].plot(mean_pred, frac, "o-", label=f"model (ECE {calib['ece']:.3f}, Brier {calib['brier']:.3f})")
-    axes[0].set(xlabel="mean predicted P(pneumonia)", ylabel="observed pneumonia fraction", title="reliability")
+    axes[0].set(xlabel="mean predicted P(pneumonia)", ylabel="observed pneumonia fraction", title=f"reliability, {split} split")
     axes[0].legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_training_curves(history, best_epoch, path):
+    """Loss, val metrics and learning rate per epoch. Val points of epochs evaluated with the raw
+    weights are hollow, those of the weight average (EMA) filled; legends sit below the plots."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
-    axes[0].set(title="cross-entropy loss", xlabel="epoch")
-    axes[1].plot(epochs, [h["val_auc"] for h in history], label="val AUC")
-    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy @0.5")
-    axes[1].set(title="val metrics", xlabel="epoch")
-    axes[2].plot(epochs, [h["lr"] for h in history])
-    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    ema = [h.get("weights") == "ema" for h in history]
+    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 4.4))
+
+    def val_line(ax, key, label, color):
+        ax.plot(epochs, [h[key] for h in history], "-", color=color, label=label)
+        for e, h, averaged in zip(epochs, history, ema):
+            ax.plot(e, h[key], "o", color=color, markerfacecolor=color if averaged else "white")
+
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", color="C0",
+                 label="train (raw weights, augmented, class-weighted)")
+    val_line(axes[0], "val_loss", "val (evaluated weights)", "C1")
+    axes[0].set(title="loss", xlabel="epoch", ylabel="cross-entropy per image")
+    val_line(axes[1], "val_auc", "val AUC", "C0")
+    val_line(axes[1], "val_accuracy", "val accuracy at P = 0.5", "C1")
+    axes[1].set(title="val metrics", xlabel="epoch", ylabel="AUC / accuracy")
+    axes[2].plot(epochs, [h["lr"] for h in history], "o-", color="C2")
+    axes[2].set(title="learning rate", xlabel="epoch", ylabel="learning rate at the end of the epoch")
     for ax in axes[:2]:
-        ax.axvline(best_epoch, color="grey", ls=":", label=f"selected (epoch {best_epoch})")
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+        ax.axvline(best_epoch, color="grey", ls=":", label=f"selected: epoch {best_epoch}")
+    for ax in axes:
+        ax.set_xticks(epochs)
+    if any(ema):
+        axes[1].plot([], [], "o", color="grey", markerfacecolor="white", label="hollow: raw weights evaluated")
+        axes[1].plot([], [], "o", color="grey", label="filled: weight average (EMA) evaluated")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
 
 
-def plot_deletion(results, path):
+def plot_deletion(results, path, split, n):
     fig, ax = _pyplot().subplots(figsize=(5, 3.8))
     for name, r in results.items():
         ax.plot(DELETION_FRACTIONS, r["mean_curve"], "o-" if name != "random" else "x--",
                 label=f"{name} (AUC {r['deletion_auc']:.3f})")
     ax.set(xlabel="fraction of pixels removed (most relevant first)", ylabel="P(predicted class)",
-           title="deletion test")
+           title=f"deletion test, {split} split (n = {n})")
     ax.legend(fontsize=8)
     return _save(fig, path)

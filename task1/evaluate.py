@@ -70,14 +70,14 @@ def main(args):
                       for i, y, p, d in zip(indices, labels, probs, clf.decide(probs))])
     figures = args.out / "figures"
     results["figures"] = [str(p) for p in (
-        plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png"),
-        plot_roc_pr(labels, probs, results, figures / f"task1_roc_pr_{tag}.png"),
-        plot_reliability(labels, probs, results["calibration"], figures / f"task1_reliability_{tag}.png"),
+        plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag),
+        plot_roc_pr(labels, probs, results, figures / f"task1_roc_pr_{tag}.png", tag),
+        plot_reliability(labels, probs, results["calibration"], figures / f"task1_reliability_{tag}.png", tag),
     )]
     failures = failure_cases(indices, labels, probs, clf.decide(probs), args.k)
     results["failure_cases"] = failures
     if failures["false_positives"] or failures["false_negatives"]:
-        results["figures"].append(str(plot_failures(clf, images, labels, probs, failures,
+        results["figures"].append(str(plot_failures(clf, images, labels, probs, failures, tag,
                                                     figures / f"task1_failure_cases_{tag}.png")))
     write_json_atomic(args.out / f"task1_metrics_{tag}.json", results)
     print_summary(results, args.out / f"task1_metrics_{tag}.json")
@@ -117,7 +117,7 @@ def print_summary(results, path):
     print(f"wrote {path}")
 
 
-def plot_failures(clf, images, labels, probs, failures, path):
+def plot_failures(clf, images, labels, probs, failures, split, path):
     """Grad-CAM of the decided class on each failure: FPs on the first row, FNs on the second."""
     cases = [("FP", c) for c in failures["false_positives"]] + [("FN", c) for c in failures["false_negatives"]]
     positions = [c["position"] for _, c in cases]
@@ -130,7 +130,8 @@ def plot_failures(clf, images, labels, probs, failures, path):
     n_fp = len(failures["false_positives"])
     rows = [row + [None] * (cols - len(row)) for row in (panels[:n_fp], panels[n_fp:]) if row]
     return plot_panels([p for row in rows for p in row], path, cols=cols,
-                       title=f"most confident failures (threshold {clf.threshold:.3f}); Grad-CAM {DEFAULT_LAYER}")
+                       title=f"most confident failures, {split} split (threshold {clf.threshold:.3f}); "
+                             f"Grad-CAM {DEFAULT_LAYER} of the decided class")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
-from pneumo.plots import plot_deletion, plot_panels
+from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, seed_everything
 
 LAYERS = ("layer3", "layer4")
@@ -69,10 +69,12 @@ def main(args):
         records.append(record)
         wrong = label is not None and label != pred
         panels.append({"image": image, "cam": cam, "color": "darkred" if wrong else "black",
-                       "title": f"{name}  label {record['label'] or '?'}\npred {pred}  P(pneu) {prob:.3f}\n"
-                                f"map: {record['target']}, {record['region']}"})
-    figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png",
-                         title=f"Grad-CAM ({args.layer}), threshold {clf.threshold:.3f}")
+                       "title": f"{name}\nlabel {label or 'unknown'}, pred {pred} (P {prob:.3f})\n"
+                                f"{record['target']} evidence: {record['region']}"})
+    what = "image files" if args.images else f"{args.split} split"
+    figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png", cols=grid_columns(len(panels)),
+                         title=f"Grad-CAM ({args.layer}) on {what}; decision threshold {clf.threshold:.3f}; "
+                               f"red title = wrong")
     out = args.out / f"task1_gradcam_{tag}.json"
     write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "layer": args.layer,
                             "maps_per_second": round(len(images) / seconds, 1), "images": records})
@@ -112,7 +114,7 @@ def faithfulness(args, run, clf):
                                           "copy of the image (Gaussian, sigma 3 px); area under the predicted-class "
                                           "probability over the removed fraction 0..1 (lower = more faithful)",
                             "maps": results})
-    plot_deletion(results, args.out / "figures" / f"task1_gradcam_deletion_{args.split}.png")
+    plot_deletion(results, args.out / "figures" / f"task1_gradcam_deletion_{args.split}.png", args.split, len(images))
     print(f"wrote {out}")
     return results
 

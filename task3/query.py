@@ -77,14 +77,16 @@ def plot_gallery(args, images, records, index_meta, size):
                for split in {h["split"] for r in records for h in r["neighbours"]}}
     panels = []
     for image, record in zip(images, records):
-        panels.append({"image": image, "title": f"QUERY {record['query'][-28:]}\nlabel {record['label'] or '?'}",
+        panels.append({"image": image, "title": f"QUERY {Path(record['query']).name}\nlabel {record['label'] or 'unknown'}",
                        "color": "navy"})
         for hit in record["neighbours"]:
             same = record["label"] is None or hit["label"] == record["label"]
             panels.append({"image": archive[hit["split"]][hit["index"]], "color": "black" if same else "darkred",
                            "title": f"#{hit['rank']} {hit['split']} {hit['index']}\n{hit['label']}  {key[:4]} {hit[key]:.3f}"})
     return plot_panels(panels, args.out / "figures" / "task3_visual_results.png", cols=args.k + 1,
-                       title=f"query and its {args.k} most similar archived cases ({index_meta['metric']})")
+                       title=f"each query ({args.split if not args.images else 'image files'}) and its {args.k} most "
+                             f"similar archived cases ({'+'.join(index_meta['build']['splits'])}, "
+                             f"{index_meta['metric']}); red = other label")
 
 
 def evaluate(args, run, clf, index, index_meta):

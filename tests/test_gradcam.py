@@ -50,15 +50,32 @@ def test_gradcam_is_more_faithful_than_random_maps(model_and_images):
     assert cam_auc < rnd_auc
 
 
-def test_coarse_region_speaks_in_patient_terms():
-    cam = np.zeros((28, 28))
-    cam[18:24, 4:10] = 1.0  # image-left, low: the patient's right lower zone
-    assert coarse_region(cam) == "right lung, lower zone"
-    cam = np.zeros((28, 28))
-    cam[4:9, 19:24] = 1.0
-    assert coarse_region(cam) == "left lung, upper zone"
-    cam[4:9, 4:9] = 1.0
-    assert coarse_region(cam) == "bilateral upper zone"
+def peak(x, y, size=28, width=0.08):
+    """A smooth map peaking at (x, y), fractions of the image's width and height from its top-left."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * width ** 2))
+
+
+@pytest.mark.parametrize("x,y,words", [
+    (0.2, 0.8, "right lung, lower zone"),    # image-left is the patient's right
+    (0.8, 0.8, "left lung, lower zone"),
+    (0.25, 0.2, "right lung, upper zone"),
+    (0.75, 0.5, "left lung, middle zone"),
+    (0.5, 0.45, "central (mediastinum / heart), middle zone"),  # a blob on the heart is not "bilateral"
+    (0.5, 0.85, "central (mediastinum / heart), lower zone"),
+])
+def test_coarse_region_names_where_the_peak_is_in_patient_terms(x, y, words):
+    assert coarse_region(peak(x, y)) == words
+
+
+def test_coarse_region_of_two_peaks_a_plateau_and_an_empty_map():
+    assert coarse_region(peak(0.2, 0.8) + peak(0.8, 0.8)) == "both lungs, lower zones"
+    # a strong peak wins over a weaker one elsewhere, and a broad low plateau does not move it
+    assert coarse_region(peak(0.8, 0.2) + 0.6 * peak(0.2, 0.8) + 0.3) == "left lung, upper zone"
+    assert coarse_region(np.zeros((28, 28))) == "no localised evidence"
+    coarse = np.zeros((4, 4))
+    coarse[3, 0] = 1.0  # a 4x4 map, as layer4 gives at 28 px: bottom-left cell
+    assert coarse_region(coarse) == "right lung, lower zone"
 
 
 def test_cli_explains_user_files_and_refuses_bad_ones(trained_checkpoint, tmp_path):

@@ -69,3 +69,43 @@ def test_gradcam_maps_do_not_depend_on_the_batch_size(trained_checkpoint, synthe
     one, _ = clf.gradcam(images[:12], target_classes=labels[:12], batch_size=12)
     split, _ = clf.gradcam(images[:12], target_classes=labels[:12], batch_size=5)
     assert np.allclose(one, split, atol=1e-5)
+
+
+def test_a_run_folder_stands_for_its_checkpoint_and_index(trained_checkpoint, synthetic_root, tmp_path):
+    import shutil
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    shutil.copy(trained_checkpoint, run / "task1_model.pth")
+    clf = Classifier.load(run)
+    assert clf.meta["path"] == str(run / "task1_model.pth")
+    result = build_index.main(build_index.parse_args(["--checkpoint", str(run), "--data_root", str(synthetic_root),
+                                                      "--out", str(run / "task3_index.faiss"), "--device", "cpu"]))
+    assert result is None and (run / "task3_index.json").exists()
+    records = query.main(query.parse_args(["--checkpoint", str(run), "--index", str(run), "--data_root",
+                                           str(synthetic_root), "--out", str(run), "--indices", "1", "--device", "cpu"]))
+    assert len(records[0]["neighbours"]) == 5 and (run / "task3_query_results.json").exists()
+
+
+def test_outputs_go_to_an_ignored_run_folder_by_default():
+    from pathlib import Path
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    assert "runs/" in ignored
+    assert str(train.parse_args([]).out).startswith("runs/") and str(train.parse_args([]).reports).startswith("runs/")
+    assert str(build_index.parse_args([]).out).startswith("runs/")
+    for script in (evaluate, gradcam, query, generate_reports):
+        assert str(script.parse_args([]).out).startswith("runs/"), script.__name__
+    # while what they read by default is the shipped checkpoint and index
+    assert query.parse_args([]).checkpoint == "models/task1_model.pth"
+    assert str(query.parse_args([]).index) == "models/task3_index.faiss"
+
+
+def test_files_in_a_class_named_folder_carry_that_label(tmp_path):
+    from PIL import Image
+    from pneumo.data import load_inputs
+    paths = []
+    for folder in ("normal", "Pneumonia", "mine"):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "film.png")
+        Image.new("L", (40, 30), 100).save(paths[-1])
+    _, labels, names, keys = load_inputs(paths, None, tmp_path, "test", 28)
+    assert labels == ["normal", "pneumonia", None] and keys == [None] * 3

@@ -145,6 +145,19 @@ def test_no_vlm_path_writes_structured_reports_and_says_so(trained_checkpoint, s
     assert "No narrative" in (tmp_path / "r" / "test_4.md").read_text()
 
 
+def test_without_a_gpu_the_default_run_writes_the_rest_and_says_why_in_one_line(trained_checkpoint, synthetic_root,
+                                                                                 tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli(generate_reports, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root,
+                     "--indices", "4", "--out", tmp_path / "r", "--index", tmp_path / "none.faiss")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: no narrative")]
+    assert len(notes) == 1 and "needs a CUDA GPU" in notes[0]
+    record = json.loads((tmp_path / "r" / "reports.jsonl").read_text())
+    assert record["narrative"] is None and record["classifier"]["prediction"] in ("normal", "pneumonia")
+
+
 def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synthetic_root, tmp_path):
     common = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--indices", "4",
               "--model", "example-org/not-here", "--quantization", "none", "--index", tmp_path / "none.faiss"]
