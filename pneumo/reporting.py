@@ -1,0 +1,138 @@
+"""The Markdown reports, rendered from the results files that the scripts write (Jinja2 templates in
+pneumo/report_templates/). The prose is the templates'; every number comes from a file, so a run on
+other hardware renders a consistent report of its own and the published ones cannot drift from their
+files. `scripts/render_reports.py` is the command."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .runtime import REPO_ROOT, UserError
+
+TEMPLATES = Path(__file__).resolve().parent / "report_templates"
+EXPERIMENTS = REPO_ROOT / "experiments"
+PUBLISHED = REPO_ROOT / "reports"
+REPORTS = {"task1_classification_report.md": "task1_classification_report.md.j2",
+           "task3_retrieval.md": "task3_retrieval.md.j2"}
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run the command that writes it (see the README), then render again") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg}); write it again with its command") from None
+
+
+def first_existing(name, *folders) -> Path:
+    """`name` in the first folder that has it (a run's own file before the published one)."""
+    for folder in folders:
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    return Path(folders[0]) / name
+
+
+def mean_sd(values) -> dict:
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def task1_context(results: Path, models: Path) -> dict:
+    """Everything the classification report quotes, from the run's files and the published studies."""
+    metrics = read_json(results / "task1_metrics_test.json")
+    history = read_json(models / "task1_model_history.json")
+    studies = {name: read_json(EXPERIMENTS / "results" / name / "task1_seeds.json")
+               for name in ("seeds", "unweighted", "black_border", "no_ema", "balanced_b64")}
+    histories = {name: read_json(EXPERIMENTS / "histories" / f"{name}_history.json")
+                 for name in ("seed1", "seed2", "raw_seed0", "raw_seed1", "raw_seed2", "balanced_b64_seed0")}
+    tta = read_json(EXPERIMENTS / "results" / "tta" / "tta.json")
+    tta_mean = {(split, views): {m: float(np.mean([r[m] for r in tta["rows"] if r["split"] == split
+                                                  and r["views"] == views])) for m in ("auc", "accuracy", "nll")}
+                for split in ("val", "test") for views in ("one view", "9 views")}
+    seeds = studies["seeds"]
+    epoch_seconds = [sum(e["seconds"] for e in h["epochs"]) for h in (history, histories["seed1"], histories["seed2"])]
+    m05, mthr = metrics["at_0.5"], metrics["at_threshold"]
+    return {
+        "metrics": metrics, "m05": m05, "mthr": mthr, "history": history,
+        "first_val_auc": history["epochs"][0]["val_auc"], "last_val_auc": max(e["val_auc"] for e in history["epochs"]),
+        "epoch_seconds": epoch_seconds, "epochs": len(history["epochs"]),
+        "negatives": metrics["n"] - metrics["positives"],
+        "seeds": seeds, "studies": studies,
+        "best_seed_accuracy": max(seeds["runs"], key=lambda r: r["at_0.5"]["accuracy"])["seed"],
+        "lowest_seed_auc": min(seeds["runs"], key=lambda r: r["at_0.5"]["auc"]),
+        "seeds_below_925": [r for r in seeds["runs"] if r["at_threshold"]["accuracy"] < 0.925],
+        "targets_met": (seeds["summary"]["at_0.5"]["auc"]["mean"] > 0.974
+                        and seeds["summary"]["at_0.5"]["accuracy"]["mean"] > 0.925
+                        and seeds["summary"]["at_threshold"]["accuracy"]["mean"] > 0.925),
+        "raw_val_loss_seed0": [e["val_loss"] for e in histories["raw_seed0"]["epochs"]],
+        "raw_thresholds": [histories[f"raw_seed{i}"]["threshold"] for i in range(3)],
+        "b64_seconds": sum(e["seconds"] for e in histories["balanced_b64_seed0"]["epochs"]),
+        "mirrored_lowest_auc": min(r["at_0.5"]["auc"] for r in studies["unweighted"]["runs"]),
+        "black_highest_auc": max(r["at_0.5"]["auc"] for r in studies["black_border"]["runs"]),
+        "specificity_change": [(r0["seed"], r0["at_threshold"]["specificity"], r1["at_threshold"]["specificity"])
+                               for r0, r1 in zip(studies["unweighted"]["runs"], seeds["runs"])
+                               if r1["at_threshold"]["specificity"] < r0["at_threshold"]["specificity"]],
+        "tta": tta_mean,
+        "faith": {split: read_json(results / f"task1_gradcam_faithfulness_{split}.json")["maps"] for split in ("val", "test")},
+        "benchmark_task1": first_existing("benchmark_task1.md", results, PUBLISHED),
+        "checkpoint_file": "task1_model.pth" if models == results else "../models/task1_model.pth",
+        "history_file": ("task1_model_history.json" if models == results else "../models/task1_model_history.json"),
+    }
+
+
+def task3_context(results: Path, models: Path) -> dict:
+    evaluation = read_json(results / "task3_retrieval_eval.json")
+    scale = read_json(first_existing("benchmark_task3.json", results, PUBLISHED))
+    rows = scale["rows"]
+    flat = {r["n"]: r for r in rows if r["index"] == "flat"}
+    met = [r for r in rows if r["index"] in scale["target_met_by"] and r["n"] >= scale["target"]["n"]]
+    classification = read_json(results / "task1_metrics_test.json")
+    by = {(r["n"], r["index"]): r for r in rows}
+    sizes = sorted(flat)
+    pick = {n: {"hnsw": by.get((n, "hnsw hnsw_m=32 ef_search=64")),
+                "ivf": next((r for r in rows if r["n"] == n and r["index"].startswith("ivf") and r["index"].endswith("nprobe=16")), None)}
+            for n in sizes}
+    return {"evaluation": evaluation, "queries": read_json(results / "task3_query_results.json"),
+            "scale": scale, "rows": rows, "flat": flat, "met": met, "clf": classification, "sizes": sizes, "pick": pick,
+            "index_meta": read_json(first_existing("task3_index.json", models, results)),
+            "scale_file": first_existing("benchmark_task3.md", results, PUBLISHED)}
+
+
+def render_texts(results, models=None, out=None) -> dict:
+    """{report name: Markdown} rendered from the files in `results` (metrics, figures) and `models`
+    (checkpoint history, index metadata; default: the same folder); links are relative to `out`
+    (default `results`), where the reports are meant to live."""
+    import jinja2
+    results = Path(results)
+    models, out = Path(models or results), Path(out or results)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(f1=lambda v: f"{v:.1f}", f2=lambda v: f"{v:.2f}", f3=lambda v: f"{v:.3f}",
+                       f4=lambda v: f"{v:.4f}", f0=lambda v: f"{v:.0f}", thousands=lambda v: f"{int(v):,}",
+                       pct=lambda v: f"{100 * v:.1f} %", minutes=lambda v: f"{v / 60:.1f}",
+                       pm=lambda s: f"{s['mean']:.4f} ± {s['std']:.4f}",
+                       spread=lambda s: f"{s['mean']:.4f} ± {s['std']:.4f}" if s["std"] else f"{s['mean']:.4f}",
+                       rel=lambda p: _relative(p, out))
+    contexts = {"task1_classification_report.md": task1_context, "task3_retrieval.md": task3_context}
+    return {name: env.get_template(template).render(**contexts[name](results, models))
+            for name, template in REPORTS.items()}
+
+
+def render_reports(results, models=None, out=None) -> list:
+    """Render every report into `out` (default `results`), each file written atomically, and the
+    training-curve figure the classification report shows, drawn from the checkpoint's history (a run
+    that skipped training has no figure of its own)."""
+    from .atomic import write_text_atomic
+    from .plots import plot_training_curves
+    out = Path(out or results)
+    texts = render_texts(results, models, out)
+    history = read_json(Path(models or results) / "task1_model_history.json")
+    written = [plot_training_curves(history["epochs"], history["best_epoch"], out / "figures" / "task1_training_curves.png")]
+    return written + [write_text_atomic(out / name, text) for name, text in texts.items()]
+
+
+def _relative(path, start) -> str:
+    import os
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())

@@ -1,0 +1,34 @@
+"""Render the Markdown reports from the results files (templates in pneumo/report_templates/).
+
+    python scripts/render_reports.py                       # the published reports/ from reports/ and models/
+    python scripts/render_reports.py --run runs/NAME       # a run folder's own reports from its own files
+
+Every number in a rendered report comes from a results file; the prose is the template's.
+"""
+import argparse
+from pathlib import Path
+
+from pneumo.reporting import render_reports
+from pneumo.runtime import exit_on_user_error
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="a run folder written by scripts/run_all.sh: read and write there")
+    p.add_argument("--results", type=Path, default=Path("reports"), help="folder with the results files (default reports)")
+    p.add_argument("--models", type=Path, default=Path("models"), help="folder with the checkpoint history and index (default models)")
+    p.add_argument("--out", type=Path, help="where the reports go (default: --results)")
+    args = p.parse_args(argv)
+    if args.run:
+        args.results = args.models = args.run
+    return args
+
+
+def main(args):
+    for path in render_reports(args.results, args.models, args.out or args.results):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())
