@@ -23,6 +23,7 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
     try:
         yield tmp
         os.replace(tmp, path)
@@ -64,3 +65,9 @@ def save_figure_atomic(fig, path, dpi=120) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -5,15 +5,15 @@
 
 Every number in a rendered report comes from a results file; the prose is the template's.
 """
-import argparse
 from pathlib import Path
 
+from pneumo.cli import make_parser
 from pneumo.reporting import render_reports
 from pneumo.runtime import exit_on_user_error
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--run", type=Path, help="a run folder written by scripts/run_all.sh: read and write there")
     p.add_argument("--results", type=Path, default=Path("reports"), help="folder with the results files (default reports)")
     p.add_argument("--models", type=Path, default=Path("models"), help="folder with the checkpoint history and index (default models)")

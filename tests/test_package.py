@@ -52,6 +52,9 @@ def test_writer_replaces_whole_files_and_leaves_no_temp_file(tmp_path):
         write_json_atomic(target, {"b": object()})  # fails half-way: the old file must stay whole
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's private 0600
     with atomic_path(target) as first, atomic_path(target) as second:  # two writers of one file
         assert first != second
         first.write_text("1")
