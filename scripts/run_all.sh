@@ -4,8 +4,8 @@
 # when it can be loaded); render the Markdown reports from the results. The committed models/ and
 # reports/ are not touched (a maintainer publishes a run with scripts/publish_run.sh).
 #
-#   bash scripts/run_all.sh                       # everything, training included (~25 min on 2 CPU cores)
-#   bash scripts/run_all.sh --skip_training       # the shipped checkpoint, evaluated (~10 min on 2 CPU cores)
+#   bash scripts/run_all.sh                       # everything, training included (11-25 min on 2 CPU cores)
+#   bash scripts/run_all.sh --skip_training       # the shipped checkpoint, evaluated (~5 min on 2 CPU cores)
 #   bash scripts/run_all.sh --skip_training NAME  # ... into runs/NAME
 set -euo pipefail
 cd "$(dirname "$0")/.."
