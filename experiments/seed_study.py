@@ -9,7 +9,7 @@ Each checkpoint was chosen on val by train.py; here each sees the test split onc
 """
 import numpy as np
 
-from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
@@ -31,6 +31,7 @@ def parse_args(argv=None):
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("seed_study", args)
     device = resolve_device(args.device)
     runs = []

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import log_loss
 from torchvision.transforms.v2 import functional as F
 
-from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
@@ -46,6 +46,7 @@ def scores(labels, probs):
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("tta_study", args)
     device = resolve_device(args.device)
     rows = []

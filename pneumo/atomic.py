@@ -11,6 +11,28 @@ from pathlib import Path
 from .runtime import UserError
 
 
+def check_writable(path, kind: str = "folder") -> Path:
+    """Fail in one line, before any work, when an output `path` (kind "folder" or "file") cannot be
+    written: a file where a folder is needed or the reverse, or a location that refuses new files."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise UserError(f"{path} is a folder; give a file path for this output")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder; choose another output folder")
+    ancestor = path if kind == "folder" else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another output location")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {ancestor} does not accept new files ({err.strerror}); "
+                        f"choose another output location") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path in the target's folder; on success it replaces `path`, else it is removed."""
@@ -20,7 +42,8 @@ def atomic_path(path):
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"cannot write {path}: {path.parent} is a file, not a folder; "
                         f"choose another output folder") from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
     tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
@@ -71,3 +94,26 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of this target left by writers that were killed (their process is gone)."""
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+    return glob.escape(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

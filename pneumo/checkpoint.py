@@ -40,19 +40,30 @@ def make_checkpoint(model, *, image_size: int, normalization: dict, threshold: f
 
 
 def read_payload(path) -> dict:
-    """torch.load with weights_only=True, every failure turned into one line that names the file."""
+    """torch.load with weights_only=True, every failure turned into one line that names the file.
+    Before loading, every record's CRC-32 (which torch.save stores in its zip archive) is checked
+    against the bytes on disk: a damaged file is refused instead of silently giving other weights."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train one with `python task1/train.py` "
                         f"or pass --checkpoint")
+    unreadable = (f"{path} is not a readable checkpoint (truncated, corrupt, or not a file torch.save "
+                  f"wrote); use one written by task1/train.py")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        raise UserError(unreadable) from None
+    if damaged is not None:
+        raise UserError(f"{path} is damaged: record {damaged.rsplit('/', 1)[-1]} does not match its stored "
+                        f"checksum; restore the file (e.g. `git checkout -- {path}`) or retrain") from None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path} holds pickled objects that are not plain weights; refused "
                         f"(it could run code). Use a checkpoint written by task1/train.py") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: "
-                        f"{type(err).__name__})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise UserError(unreadable) from None
     if not isinstance(payload, dict):
         raise UserError(f"{path} is not a checkpoint of this project (no metadata dict)")
     return payload
@@ -75,6 +86,12 @@ def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise UserError(f"{path}: weights do not fit {ARCH} ({first})") from None
+    broken = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise UserError(f"{path} holds non-finite weights (NaN or inf in {', '.join(broken[:3])}); refused")
+    threshold = payload["threshold"]
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise UserError(f"{path} holds the decision threshold {threshold!r}, not a probability; refused")
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = file_sha256(path)
     meta["path"] = str(path)

@@ -7,6 +7,7 @@ from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import CLASS_NAMES
 from .explain import DEFAULT_LAYER, gradcam_maps
 from .inference import embed_images, predict_proba
+from .runtime import UserError
 
 
 class Classifier:
@@ -35,9 +36,21 @@ class Classifier:
     def sha256(self) -> str:
         return self.meta["sha256"]
 
+    def check_size(self, size) -> None:
+        """--size on an inference script: the checkpoint decides the input size; a different ask is an error."""
+        if size is not None and size != self.image_size:
+            raise UserError(f"{self.meta['path']} reads {self.image_size} px images; --size {size} needs a "
+                            f"checkpoint trained at that size (python task1/train.py --size {size})")
+
     def predict_proba(self, images, batch_size=256, desc=None) -> np.ndarray:
-        """P(pneumonia) of uint8 images (N, size, size)."""
-        return predict_proba(self.model, images, self.normalization, self.device, batch_size, desc)
+        """P(pneumonia) of uint8 images (N, size, size); a non-finite probability is refused, never
+        turned into a label."""
+        probs = predict_proba(self.model, images, self.normalization, self.device, batch_size, desc)
+        bad = int((~np.isfinite(probs)).sum())
+        if bad:
+            raise UserError(f"the classifier {self.meta['path']} gave a non-finite probability for {bad} of "
+                            f"{len(probs)} images; no label is given. Check the checkpoint and --device")
+        return probs
 
     def decide(self, probs) -> np.ndarray:
         """Class index per probability: pneumonia strictly above the stored threshold (medmnist's rule)."""
@@ -47,8 +60,11 @@ class Classifier:
         return CLASS_NAMES[int(self.decide([prob])[0])]
 
     def embed(self, images, batch_size=256, desc=None) -> np.ndarray:
-        """The 512-d pooled features that Task 3 indexes."""
-        return embed_images(self.model, images, self.normalization, self.device, batch_size, desc)
+        """The 512-d pooled features that Task 3 indexes; non-finite ones are refused."""
+        vectors = embed_images(self.model, images, self.normalization, self.device, batch_size, desc)
+        if not np.isfinite(vectors).all():
+            raise UserError(f"the classifier {self.meta['path']} gave non-finite embeddings; nothing is searched")
+        return vectors
 
     def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64):
         """Grad-CAM maps (N, size, size) in [0, 1] and the class each explains (argmax when not given)."""

@@ -8,6 +8,28 @@ from .checkpoint import DEFAULT_CHECKPOINT
 from .data import SIZES, SPLITS, default_data_root
 from .runtime import DEFAULT_RUN
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes that must be at least 1 (batch sizes, k, limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """An argparse type that refuses a device torch cannot name, before any work starts."""
+    from .runtime import UserError, resolve_device
+    if text != "auto":
+        try:
+            resolve_device(text)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err).replace(f"--device {text!r} ", "")) from None
+    return text
+
+
 SHARED_FLAGS = {
     "checkpoint": dict(default=DEFAULT_CHECKPOINT,
                        help=f"classifier checkpoint written by task1/train.py, or a run folder holding one "
@@ -18,10 +40,13 @@ SHARED_FLAGS = {
     "split": dict(default="test", choices=SPLITS, help="dataset split (default test)"),
     "indices": dict(type=int, nargs="+", help="dataset indices of --split (default 0 20 70)"),
     "images": dict(type=Path, nargs="+", help="image files (PNG/JPEG, any size and mode)"),
-    "k": dict(type=int, default=5, help="similar archived cases per query (default 5)"),
+    "record_names": dict(choices=["relative", "digest"], default="relative",
+                         help="how outputs name --images files: relative to the folder you run from (default; a "
+                              "file outside it by its name alone) or digest (sha256 of the content: no name at all)"),
+    "k": dict(type=positive_int, default=5, help="similar archived cases per query (default 5)"),
     "out": dict(type=Path, default=DEFAULT_RUN,
                 help=f"run folder for results and figures/ (default {DEFAULT_RUN}, ignored by git)"),
-    "device": dict(default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"),
+    "device": dict(type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"),
     "seed": dict(type=int, default=0, help="random seed (default 0)"),
 }
 
@@ -43,6 +68,11 @@ def add_shared_flags(parser, *names, **changes):
     if unknown:
         raise ValueError(f"changes for flags not added: {sorted(unknown)}")
     return parser
+
+
+# --size on scripts that read a checkpoint: the checkpoint decides; the flag states or checks it.
+INFERENCE_SIZE = dict(default=None, help="image side in pixels the classifier reads (default: the checkpoint's own; "
+                                         "another value is refused)")
 
 
 def check_images_or_indices(parser, args):

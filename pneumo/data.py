@@ -79,14 +79,32 @@ def check_indices(indices, n: int, split: str) -> list:
     return list(indices)
 
 
-def load_inputs(images, indices, data_root, split: str, size: int):
+def input_names(paths, record: str = "relative") -> list:
+    """What outputs record for a user's files, so that a path holding a patient's name does not land in
+    reports: the path relative to the folder the user ran from (a file outside it: its name alone), or
+    with record="digest" only 'sha256:' and the first 16 hex digits of the file's content."""
+    if record not in ("relative", "digest"):
+        raise ValueError(f"record must be 'relative' or 'digest', not {record!r}")
+    names = []
+    for path in map(Path, paths):
+        if record == "digest":
+            names.append(f"sha256:{file_sha256(path)[:16]}" if path.is_file() else "sha256:missing")
+            continue
+        try:
+            names.append(str(path.resolve().relative_to(Path.cwd().resolve())))
+        except ValueError:
+            names.append(path.name)
+    return names
+
+
+def load_inputs(images, indices, data_root, split: str, size: int, record: str = "relative"):
     """What a script was asked to look at: image files, or dataset indices (default test 0, 20, 70:
     pneumonia, normal, pneumonia). uint8 images (N, size, size), class-name labels (for files, the
-    name of the folder they sit in when it is a class name, else None), display names and
-    (split, index) keys (None for files)."""
+    name of the folder they sit in when it is a class name, else None), display names (for files, as
+    input_names records them) and (split, index) keys (None for files)."""
     if images:
         arrays = np.stack([load_image_file(p, size) for p in images])
-        return arrays, [label_from_folder(p) for p in images], [str(p) for p in images], [None] * len(arrays)
+        return arrays, [label_from_folder(p) for p in images], input_names(images, record), [None] * len(arrays)
     all_images, all_labels = load_split(data_root, split, size)
     chosen = check_indices(indices if indices is not None else [0, 20, 70], len(all_labels), split)
     return (all_images[chosen], [CLASS_NAMES[all_labels[i]] for i in chosen],
@@ -116,7 +134,10 @@ def load_image_file(path, size: int = 28) -> np.ndarray:
             img.load()
     except FileNotFoundError:
         raise UserError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                        f"downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise UserError(f"{path} is not a readable image ({type(err).__name__})") from None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: stretch to 8 bits
         arr = np.asarray(img, dtype=np.float64)

@@ -1,4 +1,5 @@
 """FAISS case index over the classifier's embeddings: build, save atomically, load with checks, search."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,9 +53,13 @@ def default_nlist(n: int) -> int:
 
 
 def save_index(index, meta: dict, path) -> None:
-    """The .faiss file and its .json metadata, each written to a temp file and renamed."""
+    """The .faiss file and its .json metadata, each written to a temp file and renamed. The metadata
+    records the index file's SHA-256, dimension and size, so a pair that does not belong together (a
+    build killed between the two renames, one file replaced) is refused when loaded."""
+    data = faiss.serialize_index(index).tobytes()
+    meta = {**meta, "index_sha256": hashlib.sha256(data).hexdigest(), "dim": int(index.d), "ntotal": int(index.ntotal)}
     with atomic_path(path) as tmp_index, atomic_path(meta_path(path)) as tmp_meta:
-        faiss.write_index(index, str(tmp_index))
+        tmp_index.write_bytes(data)
         tmp_meta.write_text(json.dumps(meta) + "\n")
 
 
@@ -62,25 +67,41 @@ def meta_path(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def load_index(path, checkpoint_sha256: str):
-    """(index, metadata); refuses a missing or unreadable pair and one built from another checkpoint."""
+def load_index(path, checkpoint_sha256: str, dim: int | None = None):
+    """(index, metadata); refuses a missing or unreadable pair, a pair whose files do not belong together,
+    an index of another dimension than the classifier's embeddings, and one built from another checkpoint."""
     path = Path(path)
     if path.is_dir():  # a run folder: its own index
         path = path / INDEX_NAME
+    rebuild = "rebuild it with `python task3/build_index.py`"
     if not path.is_file() or not meta_path(path).is_file():
         raise UserError(f"index {path} (with {meta_path(path).name}) not found; build it with "
                         f"`python task3/build_index.py`")
     try:
         meta = json.loads(meta_path(path).read_text())
-        index = faiss.read_index(str(path))
-    except (json.JSONDecodeError, RuntimeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} or its metadata is unreadable ({type(err).__name__}); rebuild it with "
-                        f"`python task3/build_index.py`") from None
+        data = path.read_bytes()
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{path} or its metadata is unreadable ({type(err).__name__}); {rebuild}") from None
+    if not isinstance(meta, dict) or "index_sha256" not in meta:
+        raise UserError(f"{meta_path(path)} records no digest of {path.name} (written by an older build); {rebuild}")
+    if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
+        raise UserError(f"{path} does not match its metadata {meta_path(path).name} (one of the pair was replaced "
+                        f"or a build was interrupted); {rebuild}")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError:
+        raise UserError(f"{path} is not a readable FAISS index; {rebuild}") from None
     if meta.get("checkpoint_sha256") != checkpoint_sha256:
         raise UserError(f"{path} was built from another checkpoint (sha256 {str(meta.get('checkpoint_sha256'))[:12]}…, "
-                        f"this one {checkpoint_sha256[:12]}…); rebuild it with `python task3/build_index.py`")
+                        f"this one {checkpoint_sha256[:12]}…); {rebuild}")
+    if dim is not None and index.d != dim:
+        raise UserError(f"{path} holds {index.d}-d vectors but the classifier gives {dim}-d embeddings; {rebuild}")
+    inner_product = index.metric_type == faiss.METRIC_INNER_PRODUCT
+    if meta.get("metric") not in METRICS or inner_product != (meta["metric"] == "cosine"):
+        raise UserError(f"{path}: its metadata says metric {meta.get('metric')!r} but the index measures "
+                        f"{'inner product' if inner_product else 'L2'}; {rebuild}")
     if index.ntotal != len(meta.get("rows", [])):
-        raise UserError(f"{path} holds {index.ntotal} vectors but its metadata lists {len(meta.get('rows', []))}; rebuild it")
+        raise UserError(f"{path} holds {index.ntotal} vectors but its metadata lists {len(meta.get('rows', []))}; {rebuild}")
     if "ef_search" in meta.get("build", {}) and hasattr(index, "hnsw"):
         index.hnsw.efSearch = meta["build"]["ef_search"]
     return index, meta

@@ -48,7 +48,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r} is not supported here; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def git_commit() -> str:
@@ -62,8 +68,12 @@ def git_commit() -> str:
 
 def print_run_header(script: str, args) -> dict:
     """Print seed, commit and sorted args at start-up; return them for the run's records."""
+    shown = dict(vars(args))
+    if shown.get("images"):  # user files as the outputs record them, never the typed path
+        from .data import input_names
+        shown["images"] = input_names(shown["images"], shown.get("record_names", "relative"))
     record = {"script": script, "git_commit": git_commit(),
-              "args": {k: _plain(v) for k, v in sorted(vars(args).items())}}
+              "args": {k: _plain(v) for k, v in sorted(shown.items())}}
     print(f"[{script}] commit {record['git_commit']}  args {json.dumps(record['args'])}", flush=True)
     return record
 

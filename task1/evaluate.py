@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
-from pneumo.atomic import write_csv_atomic, write_json_atomic
+from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
-from pneumo.data import CLASS_NAMES, check_indices, load_image_file, load_split
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
+from pneumo.data import CLASS_NAMES, check_indices, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER
 from pneumo.metrics import CI_METRICS, calibration, medmnist_check, with_bootstrap
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
@@ -26,13 +26,14 @@ from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "split", "indices", "images", "data_root", "out", "k", "seed", "device",
+    add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "data_root",
+                     "out", "k", "seed", "device", size=INFERENCE_SIZE,
                      indices=dict(help="only these indices of the split"),
                      images=dict(help="image files (PNG/JPEG, any size): predictions only"),
                      k=dict(default=4, help="failure cases shown per kind (most confident FP and FN; default 4)"),
                      seed=dict(help="bootstrap seed (default 0)"))
     p.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
-    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
     if args.k < 0 or args.n_bootstrap < 10:
@@ -41,8 +42,10 @@ def parse_args(argv=None):
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("evaluate", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
+    clf.check_size(args.size)
     if args.images:
         return predict_files(args, clf)
 
@@ -95,9 +98,11 @@ def failure_cases(indices, labels, probs, decisions, k):
 
 
 def predict_files(args, clf):
-    images = np.stack([load_image_file(p, clf.image_size) for p in args.images])
+    images, labels, names, _ = load_inputs(args.images, None, args.data_root, args.split, clf.image_size,
+                                           args.record_names)
     probs = clf.predict_proba(images)
-    rows = [{"image": str(p), "probability": float(q), "prediction": clf.label(q)} for p, q in zip(args.images, probs)]
+    rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q)}
+            for name, label, q in zip(names, labels, probs)]
     print(f"{'P(pneumonia)':>12}  {'prediction':<10}  image   (threshold {clf.threshold:.3f})")
     for r in rows:
         print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['image']}")

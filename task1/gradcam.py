@@ -10,13 +10,12 @@ panel; per-image results (probability, target class, coarse region) to <out>/tas
 Maps come from pytorch-grad-cam's GradCAM on the stage picked with --layer (see pneumo/explain.py).
 """
 import time
-from pathlib import Path
 
 import numpy as np
 
-from pneumo.atomic import write_json_atomic
+from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
@@ -28,15 +27,16 @@ LAYERS = ("layer3", "layer4")
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "split", "indices", "images", "data_root", "out", "seed", "device",
+    add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "data_root",
+                     "out", "seed", "device", size=INFERENCE_SIZE,
                      split=dict(help="dataset split for --indices / --faithfulness (default test)"),
                      seed=dict(help="seed for the random baseline maps and their bootstrap (default 0)"))
     p.add_argument("--target", default="predicted", choices=["predicted", *CLASS_NAMES],
                    help="class whose evidence is mapped (default: the predicted class)")
     p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS, help=f"Grad-CAM layer (default {DEFAULT_LAYER}: 4x4 maps at 28 px; layer3 gives 7x7)")
     p.add_argument("--faithfulness", action="store_true", help="deletion test of both layers' maps and of random maps over the whole split")
-    p.add_argument("--limit", type=int, help="with --faithfulness: only the first N images of the split")
-    p.add_argument("--batch_size", type=int, default=64, help="images per Grad-CAM pass (default 64)")
+    p.add_argument("--limit", type=positive_int, help="with --faithfulness: only the first N images of the split")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="images per Grad-CAM pass (default 64)")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
     if args.faithfulness and args.images:
@@ -45,13 +45,15 @@ def parse_args(argv=None):
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("gradcam", args)
     seed_everything(args.seed)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
+    clf.check_size(args.size)
     if args.faithfulness:
         return faithfulness(args, run, clf)
-    images, labels, paths, _ = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size)
-    names = [Path(p).name for p in paths] if args.images else paths
+    images, labels, names, _ = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
+                                           args.record_names)
     tag = "images" if args.images else args.split
     probs = clf.predict_proba(images)
     if args.target == "predicted":  # the decision at the checkpoint's threshold, as printed on each panel

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pneumo.atomic import save_torch_atomic, write_json_atomic
+from pneumo.atomic import check_writable, save_torch_atomic, write_json_atomic
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import (NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split,
@@ -39,7 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=128, help="images per optimiser step, over all processes (default 128)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the one-cycle schedule (default 2e-3)")
     p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW decoupled weight decay (default 0.05)")
-    p.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up before cosine decay, in epochs (default 1)")
+    p.add_argument("--warmup_epochs", type=float,
+                   help="linear warm-up before cosine decay, in epochs (default 1; a fifth of the run when it "
+                        "is a single epoch)")
     p.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
     p.add_argument("--class_weight", choices=["balanced", "none"], default="balanced",
                    help="balanced (default): each class weighs half of the loss, so P = 0.5 means even odds "
@@ -64,8 +66,11 @@ def parse_args(argv=None):
     args.reports = args.reports or args.out.parent
     if args.epochs < 1 or args.batch_size < 2 or args.lr <= 0:
         p.error("--epochs must be >= 1, --batch_size >= 2 and --lr > 0")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = 1.0 if args.epochs > 1 else args.epochs / 5
     if not 0 <= args.warmup_epochs < args.epochs:
-        p.error("--warmup_epochs must be in [0, --epochs)")
+        p.error(f"--warmup_epochs {args.warmup_epochs:g} must be at least 0 and below --epochs {args.epochs}; "
+                f"lower it (e.g. --warmup_epochs {args.epochs / 5:g})")
     if not 0 <= args.ema_decay < 1:
         p.error("--ema_decay must be in [0, 1)")
     return args
@@ -74,6 +79,8 @@ def parse_args(argv=None):
 def main(args):
     rank, world_size, device = setup_distributed(args.device)
     is_main = rank == 0
+    check_writable(args.out, "file")
+    check_writable(args.reports, "folder")
     run = print_run_header("train", args) if is_main else None
     resume_path = args.out.with_name(args.out.name.replace(".pth", "") + ".resume.pth")
     if args.resume and not resume_path.exists():

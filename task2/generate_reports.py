@@ -20,12 +20,14 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import numpy as np
 from PIL import Image
 
-from pneumo.atomic import write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from pneumo.atomic import (check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic,
+                           write_text_atomic)
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import load_inputs, load_split
 from pneumo.explain import coarse_region
+from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
 from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
                             seed_everything)
@@ -35,11 +37,12 @@ from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "split", "indices", "images", "k", "data_root", "out", "seed", "device",
+    add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "k",
+                     "data_root", "out", "seed", "device", size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices / --evaluate (default test)"),
                      images=dict(help="image files (PNG/JPEG, any size); the VLM sees the full file"),
-                     k=dict(help="similar archived cases in the context (default 5; 0 = none)"),
+                     k=dict(type=int, help="similar archived cases in the context (default 5; 0 = none)"),
                      out=dict(default=DEFAULT_RUN / "task2", help=f"folder for records and reports (default {DEFAULT_RUN / 'task2'})"),
                      seed=dict(help="seed of the --evaluate sample (default 0)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
@@ -51,25 +54,27 @@ def parse_args(argv=None):
     p.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="nf4 = 4-bit bitsandbytes on CUDA (default)")
     p.add_argument("--prompt", default="context_aware", choices=[*STRATEGIES, "all"], help="prompt strategy (default context_aware)")
     p.add_argument("--evaluate", action="store_true", help="score the VLM's impressions on --n images of --split")
-    p.add_argument("--n", type=int, default=100, help="images drawn (seeded) for --evaluate (default 100)")
-    p.add_argument("--batch_size", type=int, default=4, help="conversations per generate call (default 4; 8 fits a T4)")
-    p.add_argument("--max_new_tokens", type=int, default=300, help="longest narrative in tokens (default 300)")
+    p.add_argument("--n", type=positive_int, default=100, help="images drawn (seeded) for --evaluate (default 100)")
+    p.add_argument("--batch_size", type=positive_int, default=4, help="conversations per generate call (default 4; 8 fits a T4)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=300, help="longest narrative in tokens (default 300)")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
     if args.evaluate and (args.images or args.indices):
         p.error("--evaluate draws its own --n images of --split; drop --images / --indices")
     if args.evaluate and args.vlm == "none":
         p.error("--evaluate scores the VLM's narratives; it cannot run with --vlm none")
-    if args.batch_size < 1 or args.n < 1 or args.k < 0:
-        p.error("--batch_size and --n must be >= 1, --k >= 0")
+    if args.k < 0:
+        p.error("--k must be >= 0 (0: no similar cases)")
     return args
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("generate_reports", args)
     seed_everything(args.seed)
     device = resolve_device(args.device)
     clf = Classifier.load(args.checkpoint, device)
+    clf.check_size(args.size)
     cases = gather_cases(args, clf.image_size)
     classifier_blocks(args, cases, clf)
     del clf
@@ -102,7 +107,7 @@ def gather_cases(args, size):
     if args.evaluate:  # a seeded random sample of the split (parse_args refuses --images with it)
         n_split = len(load_split(args.data_root, args.split, size)[1])
         indices = sorted(np.random.default_rng(args.seed).choice(n_split, size=min(args.n, n_split), replace=False).tolist())
-    small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, size)
+    small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, size, args.record_names)
     cases = []
     for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
         if key is None:  # a user's file: the VLM sees it at full size, the classifier at its own size
@@ -122,7 +127,7 @@ def classifier_blocks(args, cases, clf):
     maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
     neighbours = [None] * len(cases)
     if args.k and args.index.exists():
-        index, index_meta = load_index(args.index, clf.sha256)
+        index, index_meta = load_index(args.index, clf.sha256, EMBEDDING_DIM)
         neighbours = search(index, index_meta, clf.embed(small), args.k, exclusions(index_meta, [c["key"] for c in cases]))
     elif args.k:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases "

@@ -11,9 +11,10 @@ on one machine; see the README for when to pick HNSW or IVF.
 import time
 import numpy as np
 
+from pneumo.atomic import check_writable
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, make_parser
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
@@ -21,7 +22,7 @@ from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, re
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "split", "data_root", "out", "device",
+    add_shared_flags(p, "size", "checkpoint", "split", "data_root", "out", "device", size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})"),
                      split=dict(nargs="+", default=["train", "val"],
                                 help="splits in the archive (default train val; add test to index it too)"),
@@ -29,11 +30,11 @@ def parse_args(argv=None):
                               help=f"index file (default {DEFAULT_RUN / INDEX_NAME}; the shipped one is {DEFAULT_INDEX})"))
     p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
     p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
-    p.add_argument("--hnsw_m", type=int, default=32, help="HNSW links per node (default 32)")
-    p.add_argument("--ef_search", type=int, default=64, help="HNSW search breadth (default 64)")
-    p.add_argument("--nlist", type=int, help="IVF cells (default about 4*sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query (default 16)")
-    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--hnsw_m", type=positive_int, default=32, help="HNSW links per node (default 32)")
+    p.add_argument("--ef_search", type=positive_int, default=64, help="HNSW search breadth (default 64)")
+    p.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(N))")
+    p.add_argument("--nprobe", type=positive_int, default=16, help="IVF cells visited per query (default 16)")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
     if len(set(args.split)) != len(args.split):
         p.error("--split lists a split twice")
@@ -41,8 +42,11 @@ def parse_args(argv=None):
 
 
 def main(args):
+    check_writable(args.out, "file")
+    check_writable(meta_path(args.out), "file")
     run = print_run_header("build_index", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
+    clf.check_size(args.size)
     vectors, rows = [], []
     start = time.perf_counter()
     for split in args.split:

@@ -11,11 +11,12 @@ A query that is itself in the archive is left out of its own results.
 """
 from pathlib import Path
 
-from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, check_images_or_indices, make_parser
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
+from pneumo.model import EMBEDDING_DIM
 from pneumo.plots import plot_panels
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, retrieval_scores, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
@@ -25,31 +26,33 @@ EVAL_KS = (1, 5, 10)
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "split", "indices", "images", "k", "data_root", "out", "device",
+    add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "k",
+                     "data_root", "out", "device", size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier that embeds the query (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices and of --evaluate (default test)"),
                      k=dict(help="neighbours per query; with --evaluate, the kNN vote size (default 5)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
                    help=f"index from build_index.py, or a run folder holding one (default {DEFAULT_INDEX}, the shipped one)")
     p.add_argument("--evaluate", action="store_true", help="query every image of --split and score the retrieval")
-    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
     if args.evaluate and (args.images or args.indices):
         p.error("--evaluate queries the whole --split; drop --images / --indices")
-    if args.k < 1:
-        p.error("--k must be at least 1")
     return args
 
 
 def main(args):
+    check_writable(args.out)
     run = print_run_header("query", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
-    index, index_meta = load_index(args.index, clf.sha256)
+    clf.check_size(args.size)
+    index, index_meta = load_index(args.index, clf.sha256, EMBEDDING_DIM)
     if args.evaluate:
         return evaluate(args, run, clf, index, index_meta)
 
-    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size)
+    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
+                                              args.record_names)
     results = search(index, index_meta, clf.embed(images, args.batch_size), args.k, exclusions(index_meta, keys))
     records = [{"query": name, "label": label, "neighbours": hits}
                for name, label, hits in zip(names, labels, results)]

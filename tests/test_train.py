@@ -93,7 +93,7 @@ def test_resume_without_a_resume_file_or_with_a_damaged_one(synthetic_root, tmp_
     assert missing.returncode == 1 and "does not exist" in error_line(missing)
     (tmp_path / "y.resume.pth").write_bytes(b"")
     empty = run_cli(train, *train_args(synthetic_root, tmp_path / "y.pth"), "--resume")
-    assert empty.returncode == 1 and "truncated or corrupt" in error_line(empty)
+    assert empty.returncode == 1 and "not a readable checkpoint" in error_line(empty)
 
 
 def test_balanced_class_weights_give_each_class_half_the_loss():
