@@ -11,6 +11,7 @@ Brier score and ECE; the medmnist.Evaluator cross-check), <out>/task1_prediction
 the figures in <out>/figures/. The test split is for the final evaluation of a chosen model only.
 """
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,9 +20,12 @@ from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, check_indices, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER
+from pneumo.model import EMBEDDING_DIM
 from pneumo.metrics import CI_METRICS, calibration, medmnist_check, with_bootstrap
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
+from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.screening import open_archive, print_flags, screen_inputs
 
 
 def parse_args(argv=None):
@@ -32,6 +36,9 @@ def parse_args(argv=None):
                      images=dict(help="image files (PNG/JPEG, any size): predictions only"),
                      k=dict(default=4, help="failure cases shown per kind (most confident FP and FN; default 4)"),
                      seed=dict(help="bootstrap seed (default 0)"))
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
+                   help=f"Task 3 index (or a run folder) whose val statistics flag out-of-distribution inputs "
+                        f"(default {DEFAULT_INDEX}; skipped with a note when missing or stale)")
     p.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
@@ -101,11 +108,13 @@ def predict_files(args, clf):
     images, labels, names, _ = load_inputs(args.images, None, args.data_root, args.split, clf.image_size,
                                            args.record_names)
     probs = clf.predict_proba(images)
-    rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q)}
-            for name, label, q in zip(names, labels, probs)]
+    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM))
+    rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q), "flags": f}
+            for name, label, q, f in zip(names, labels, probs, flags)]
     print(f"{'P(pneumonia)':>12}  {'prediction':<10}  image   (threshold {clf.threshold:.3f})")
     for r in rows:
-        print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['image']}")
+        print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['image']}{'  FLAGGED' if r['flags'] else ''}")
+    print_flags(names, flags)
     return {"predictions": rows}
 
 

@@ -10,6 +10,7 @@ panel; per-image results (probability, target class, coarse region) to <out>/tas
 Maps come from pytorch-grad-cam's GradCAM on the stage picked with --layer (see pneumo/explain.py).
 """
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -18,9 +19,12 @@ from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
+from pneumo.model import EMBEDDING_DIM
 from pneumo.metrics import mean_with_interval
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
+from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, seed_everything
+from pneumo.screening import open_archive, print_flags, screen_inputs
 
 LAYERS = ("layer3", "layer4")
 
@@ -31,6 +35,9 @@ def parse_args(argv=None):
                      "out", "seed", "device", size=INFERENCE_SIZE,
                      split=dict(help="dataset split for --indices / --faithfulness (default test)"),
                      seed=dict(help="seed for the random baseline maps and their bootstrap (default 0)"))
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
+                   help=f"Task 3 index (or a run folder) whose val statistics flag out-of-distribution inputs "
+                        f"(default {DEFAULT_INDEX}; skipped with a note when missing or stale)")
     p.add_argument("--target", default="predicted", choices=["predicted", *CLASS_NAMES],
                    help="class whose evidence is mapped (default: the predicted class)")
     p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS, help=f"Grad-CAM layer (default {DEFAULT_LAYER}: 4x4 maps at 28 px; layer3 gives 7x7)")
@@ -52,7 +59,7 @@ def main(args):
     clf.check_size(args.size)
     if args.faithfulness:
         return faithfulness(args, run, clf)
-    images, labels, names, _ = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
+    images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
                                            args.record_names)
     tag = "images" if args.images else args.split
     probs = clf.predict_proba(images)
@@ -63,26 +70,29 @@ def main(args):
     start = time.perf_counter()
     maps, used = clf.gradcam(images, targets, args.layer, args.batch_size)
     seconds = time.perf_counter() - start
+    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM), keys)
     records, panels = [], []
-    for name, image, label, prob, cam, target in zip(names, images, labels, probs, maps, used):
+    for name, image, label, prob, cam, target, found in zip(names, images, labels, probs, maps, used, flags):
         pred = clf.label(prob)
-        record = {"image": name, "label": label, "probability": float(prob),
-                  "prediction": pred, "target": CLASS_NAMES[target], "region": coarse_region(cam)}
+        record = {"image": name, "label": label, "probability": float(prob), "prediction": pred,
+                  "target": CLASS_NAMES[target], "region": coarse_region(cam), "flags": found}
         records.append(record)
         wrong = label is not None and label != pred
-        panels.append({"image": image, "cam": cam, "color": "darkred" if wrong else "black",
-                       "title": f"{name}\nlabel {label or 'unknown'}, pred {pred} (P {prob:.3f})\n"
+        panels.append({"image": image, "cam": cam, "color": "darkred" if wrong or found else "black",
+                       "title": f"{'FLAGGED: ' + found[0].split(' (')[0] + chr(10) if found else ''}"
+                                f"{name}\nlabel {label or 'unknown'}, pred {pred} (P {prob:.3f})\n"
                                 f"{record['target']} evidence: {record['region']}"})
     what = "image files" if args.images else f"{args.split} split"
     figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png", cols=grid_columns(len(panels)),
                          title=f"Grad-CAM ({args.layer}) on {what}; decision threshold {clf.threshold:.3f}; "
-                               f"red title = wrong")
+                               f"red title = wrong or flagged")
     out = args.out / f"task1_gradcam_{tag}.json"
     write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "layer": args.layer,
                             "maps_per_second": round(len(images) / seconds, 1), "images": records})
     for r in records:
         print(f"{r['image']:<40} label {str(r['label']):<9} pred {r['prediction']:<9} P {r['probability']:.3f}  "
               f"{r['target']} evidence: {r['region']}")
+    print_flags(names, flags)
     print(f"wrote {figure} and {out}")
     return records
 

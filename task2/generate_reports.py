@@ -31,6 +31,7 @@ from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
 from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
                             seed_everything)
+from pneumo.screening import print_flags, screen_inputs
 from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, parse_impression,
                         release_gpu_memory)
 
@@ -116,7 +117,8 @@ def gather_cases(args, size):
             case_slug = slug(Path(name).stem)
         else:
             vlm_image, case_slug = Image.fromarray(image).convert("RGB"), f"{key[0]}_{key[1]}"
-        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "label": label, "key": key})
+        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "label": label, "key": key,
+                      "path": args.images[position] if key is None else None})
     return cases
 
 
@@ -126,16 +128,20 @@ def classifier_blocks(args, cases, clf):
     probs = clf.predict_proba(small)
     maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
     neighbours = [None] * len(cases)
-    if args.k and args.index.exists():
-        index, index_meta = load_index(args.index, clf.sha256, EMBEDDING_DIM)
-        neighbours = search(index, index_meta, clf.embed(small), args.k, exclusions(index_meta, [c["key"] for c in cases]))
-    elif args.k:
-        print(f"note: no retrieval index at {args.index}; reports go without similar cases "
-              f"(build one with python task3/build_index.py)")
-    for case, prob, cam, hits in zip(cases, probs, maps, neighbours):
+    archive = None
+    if args.index.exists():
+        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM)
+        if args.k:
+            neighbours = search(*archive, clf.embed(small), args.k, exclusions(archive[1], [c["key"] for c in cases]))
+    else:
+        print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
+              f"out-of-distribution check (build one with python task3/build_index.py)")
+    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, [c["key"] for c in cases])
+    print_flags([c["name"] for c in cases], flags)
+    for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
         case["classifier"] = {
             "checkpoint_sha256": clf.sha256, "probability": round(float(prob), 4), "threshold": round(clf.threshold, 4),
-            "prediction": clf.label(prob), "region": coarse_region(cam),
+            "prediction": clf.label(prob), "region": coarse_region(cam), "flags": found,
             "neighbours": [{k: h[k] for k in ("rank", "split", "index", "label", "distance", "similarity") if k in h}
                            for h in hits] if hits else None}
 
@@ -200,6 +206,8 @@ def markdown_report(case, records):
              f"| Decision at val threshold {c['threshold']:.3f} | **{c['prediction']}** |",
              f"| Grad-CAM evidence (pneumonia) | {c['region']} |",
              f"| Most similar archived cases (label, distance) | {similar} |", ""]
+    if c.get("flags"):
+        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c["flags"]) + ".", ""]
     for r in records:
         if r["narrative"] is None and r.get("note"):
             lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]

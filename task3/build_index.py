@@ -16,8 +16,10 @@ from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
-from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index
+from pneumo.retrieval import (DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index,
+                              search)
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
+from pneumo.screening import nearest_score, ood_reference
 
 
 def parse_args(argv=None):
@@ -51,6 +53,8 @@ def main(args):
     start = time.perf_counter()
     for split in args.split:
         images, labels = load_split(args.data_root, split, clf.image_size)
+        if split == "val":
+            val_images = images
         vectors.append(clf.embed(images, args.batch_size, desc=f"embed {split}"))
         rows += [{"split": split, "index": i, "label": CLASS_NAMES[y]} for i, y in enumerate(labels.tolist())]
     vectors = np.concatenate(vectors)
@@ -64,11 +68,28 @@ def main(args):
         build.update(hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     if args.index_type == "ivf":
         build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
-    save_index(index, {**run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256,
-                       "metric": args.metric, "image_size": clf.image_size, "build": build, "rows": rows}, args.out)
+    meta = {**run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "metric": args.metric,
+            "image_size": clf.image_size, "build": build, "rows": rows}
+    meta["ood"] = val_reference(args, clf, index, meta, vectors, val_images if "val" in args.split else None)
+    save_index(index, meta, args.out)
+    print(f"out-of-distribution cut: nearest-case {args.metric} score {meta['ood']['threshold']:.3f} "
+          f"({meta['ood']['percentile']:g}th percentile over {meta['ood']['n']} val images)")
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
           f"wrote {args.out} and {meta_path(args.out)}")
+
+
+def val_reference(args, clf, index, meta, vectors, val_images=None):
+    """What val images look like to the out-of-distribution flags: their nearest archived case (themselves
+    left out when val is archived) and their grey levels."""
+    if val_images is not None:
+        rows = [i for i, r in enumerate(meta["rows"]) if r["split"] == "val"]
+        queries, exclude = vectors[rows], rows
+    else:
+        val_images = load_split(args.data_root, "val", clf.image_size)[0]
+        queries, exclude = clf.embed(val_images, args.batch_size), None
+    hits = search(index, meta, queries, 1, exclude)
+    return ood_reference([nearest_score(h) for h in hits], args.metric, val_images)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pneumo.model import EMBEDDING_DIM
 from pneumo.plots import plot_panels
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, retrieval_scores, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.screening import nearest_score, print_flags, screen
 
 EVAL_KS = (1, 5, 10)
 
@@ -54,10 +55,12 @@ def main(args):
     images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
                                               args.record_names)
     results = search(index, index_meta, clf.embed(images, args.batch_size), args.k, exclusions(index_meta, keys))
-    records = [{"query": name, "label": label, "neighbours": hits}
-               for name, label, hits in zip(names, labels, results)]
+    flags = screen(images, args.images, [nearest_score(hits) for hits in results], index_meta.get("ood"))
+    records = [{"query": name, "label": label, "flags": found, "neighbours": hits}
+               for name, label, found, hits in zip(names, labels, flags, results)]
     for record in records:
         print_table(record, index_meta["metric"])
+    print_flags(names, flags)
     write_json_atomic(args.out / "task3_query_results.json",
                       {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index),
                        "metric": index_meta["metric"], "queries": records})
@@ -80,8 +83,9 @@ def plot_gallery(args, images, records, index_meta, size):
                for split in {h["split"] for r in records for h in r["neighbours"]}}
     panels = []
     for image, record in zip(images, records):
-        panels.append({"image": image, "title": f"QUERY {Path(record['query']).name}\nlabel {record['label'] or 'unknown'}",
-                       "color": "navy"})
+        flagged = "\nFLAGGED: " + record["flags"][0].split(" (")[0] if record["flags"] else ""
+        panels.append({"image": image, "color": "darkred" if flagged else "navy",
+                       "title": f"QUERY {Path(record['query']).name}\nlabel {record['label'] or 'unknown'}{flagged}"})
         for hit in record["neighbours"]:
             same = record["label"] is None or hit["label"] == record["label"]
             panels.append({"image": archive[hit["split"]][hit["index"]], "color": "black" if same else "darkred",
@@ -97,10 +101,13 @@ def evaluate(args, run, clf, index, index_meta):
     vectors = clf.embed(images, args.batch_size, desc=f"embed {args.split}")
     keys = [(args.split, i) for i in range(len(labels))]
     hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
+    flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.get("ood"))]
     result = {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index), "metric": index_meta["metric"],
               "index_type": index_meta["build"]["index_type"], "archive": index_meta["build"]["splits"],
               "archive_size": index.ntotal, "split": args.split,
-              "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k)}
+              "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k),
+              "flagged_share": float(sum(flagged) / len(flagged)), "flagged": int(sum(flagged)),
+              "ood_reference": index_meta.get("ood")}
     write_json_atomic(args.out / "task3_retrieval_eval.json", result)
     write_text_atomic(args.out / "task3_retrieval_eval.md", eval_markdown(result, args.k))
     print(eval_markdown(result, args.k))
@@ -115,6 +122,8 @@ def eval_markdown(result, k):
              "query's.", "", "| group | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for group, row in result["metrics"].items():
         lines.append(f"| {group} | " + " | ".join(f"{row[c]:.4f}" if c != "n" else str(row[c]) for c in cols) + " |")
+    lines += ["", f"Inputs flagged as out of distribution or near-constant (pneumo/screening.py): {result['flagged']} of "
+              f"{result['metrics']['overall']['n']} ({100 * result['flagged_share']:.1f} %)."]
     return "\n".join(lines) + "\n"
 
 

@@ -174,7 +174,7 @@ def test_user_image_files_become_cases_named_after_the_file(tmp_path):
     cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]), 28)
     assert len(cases) == 1 and cases[0]["label"] is None and cases[0]["key"] is None
     assert cases[0]["small"].shape == (28, 28) and cases[0]["vlm_image"].size == (200, 300)
-    assert cases[0]["slug"] == "my_film" and cases[0]["name"] == str(photo)
+    assert cases[0]["slug"] == "my_film" and cases[0]["name"] == "my film.png"  # the name alone: the folder is outside the working one
 
 
 def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):

@@ -1,0 +1,119 @@
+"""Inputs the classifier has no business judging, flagged in every output instead of given a confident
+answer: files too small to be a radiograph, near-constant images, and images whose embedding lies
+farther from every archived case than almost any val image's does (out of distribution)."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
+# publishes is 64 px, and the source films are over 1,000 px.
+MIN_SIDE = 64
+# Standard deviation, in grey levels of 0-255, of the image at the classifier's input size below
+# which it is near-constant: no anatomy to judge (real films here: tens of grey levels).
+MIN_STD = 4.0
+# The out-of-distribution cut: this percentile of val images' distance to their nearest archived case
+# (themselves left out). By construction about 0.5 % of val images lie beyond it.
+OOD_PERCENTILE = 99.5
+
+
+def file_flags(path) -> list:
+    """'too small' from the file's own size (the header alone is read)."""
+    with Image.open(path) as img:
+        width, height = img.size
+    if min(width, height) < MIN_SIDE:
+        return [f"too small to be a radiograph ({width}x{height} px; the rule is a short side of at least {MIN_SIDE} px)"]
+    return []
+
+
+def image_flags(image) -> list:
+    std = float(np.asarray(image, dtype=float).std())
+    if std < MIN_STD:
+        return [f"near-constant image (grey-level spread {std:.1f} < {MIN_STD:g}): no anatomy to judge"]
+    return []
+
+
+def ood_reference(nearest_scores, metric: str, val_images) -> dict:
+    """What val images look like, for the out-of-distribution flags: the cut for the nearest-archived-
+    case score (99.5th percentile of L2 distances, or 0.5th percentile of cosine similarities), and the
+    0.5th-99.5th percentile range of their mean grey level and grey-level spread."""
+    scores = np.asarray(nearest_scores, dtype=float)
+    q = OOD_PERCENTILE if metric == "l2" else 100 - OOD_PERCENTILE
+    flat = np.asarray(val_images, dtype=float).reshape(len(val_images), -1)
+    band = (100 - OOD_PERCENTILE, OOD_PERCENTILE)
+    return {"split": "val", "percentile": q, "metric": metric, "threshold": float(np.percentile(scores, q)),
+            "n": int(len(scores)),
+            "intensity": {"mean": np.percentile(flat.mean(axis=1), band).tolist(),
+                          "std": np.percentile(flat.std(axis=1), band).tolist()}}
+
+
+def nearest_score(hits):
+    hit = hits[0]
+    return hit["distance"] if "distance" in hit else hit["similarity"]
+
+
+def is_out_of_distribution(score, ood: dict) -> bool:
+    return score > ood["threshold"] if ood["metric"] == "l2" else score < ood["threshold"]
+
+
+def ood_flags(image, score, ood: dict) -> list:
+    """Out of distribution by the embedding (nearest archived case farther than almost every val
+    image's) or by the grey levels (mean or spread outside val's 0.5-99.5 percentile range)."""
+    if ood is None:
+        return []
+    flags = []
+    if is_out_of_distribution(score, ood):
+        word = "distance" if ood["metric"] == "l2" else "similarity"
+        flags.append(f"out of distribution (nearest archived case at {word} {score:.3f}, beyond the "
+                     f"{ood['percentile']:g}th percentile of val images, {ood['threshold']:.3f})")
+    pixels = np.asarray(image, dtype=float)
+    for name, value in (("mean", pixels.mean()), ("std", pixels.std())):
+        lo, hi = ood["intensity"][name]
+        if not lo <= value <= hi:
+            what = "mean grey level" if name == "mean" else "grey-level spread"
+            flags.append(f"grey levels unlike a radiograph ({what} {value:.1f} outside val's {lo:.1f}-{hi:.1f})")
+    return flags
+
+
+def screen(images, paths=None, nearest_scores=None, ood=None) -> list:
+    """One list of flags per input (empty: nothing found). `paths` for user files (None for dataset
+    images); `nearest_scores` and `ood` when an archive was searched."""
+    flags = []
+    for i, image in enumerate(images):
+        found = []
+        if paths is not None and paths[i] is not None and Path(paths[i]).is_file():
+            found += file_flags(paths[i])
+        found += image_flags(image)
+        if nearest_scores is not None:
+            found += ood_flags(image, nearest_scores[i], ood)
+        flags.append(found)
+    return flags
+
+
+def open_archive(path, clf, dim):
+    """(index, metadata) for the out-of-distribution flags, or None with a one-line note: a missing or
+    stale archive leaves those flags out but does not stop the classifier's own answer."""
+    from .retrieval import load_index
+    from .runtime import UserError
+    try:
+        return load_index(path, clf.sha256, dim)
+    except UserError as err:
+        print(f"note: no out-of-distribution check: {err}")
+        return None
+
+
+def screen_inputs(clf, images, paths=None, archive=None, keys=None) -> list:
+    """Flags per input for a loaded classifier; with an archive (index, metadata) the embedding and
+    grey-level checks too. `keys` ((split, index) or None) leave an archived query out of its own search."""
+    if archive is None or "ood" not in archive[1]:
+        return screen(images, paths)
+    from .retrieval import exclusions, search
+    index, meta = archive
+    hits = search(index, meta, clf.embed(images), 1, exclusions(meta, keys or [None] * len(images)))
+    return screen(images, paths, [nearest_score(h) for h in hits], meta["ood"])
+
+
+def print_flags(names, flags) -> None:
+    for name, found in zip(names, flags):
+        for flag in found:
+            print(f"warning: {name}: {flag}")
