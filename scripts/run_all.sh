@@ -35,15 +35,16 @@ else
 fi
 step "Task 1: evaluate on test (metrics, figures)"
 $PY task1/evaluate.py --checkpoint "$CHECKPOINT" --out "$RUN"
+step "Task 3: index the train+val embeddings (also the reference for flagging out-of-distribution inputs)"
+$PY task3/build_index.py --checkpoint "$CHECKPOINT" --out "$RUN/task3_index.faiss"
 step "Task 1: Grad-CAM on test images 0, 20, 70, on the sample X-rays, and its deletion test on val and test"
-$PY task1/gradcam.py --checkpoint "$CHECKPOINT" --out "$RUN" --indices 0 20 70
+$PY task1/gradcam.py --checkpoint "$CHECKPOINT" --index "$RUN" --out "$RUN" --indices 0 20 70
 if compgen -G "../shared/samples/*/*.jpeg" > /dev/null; then
-    $PY task1/gradcam.py --checkpoint "$CHECKPOINT" --out "$RUN" --images ../shared/samples/*/*.jpeg
+    $PY task1/gradcam.py --checkpoint "$CHECKPOINT" --index "$RUN" --out "$RUN" --images ../shared/samples/*/*.jpeg
 fi
 $PY task1/gradcam.py --checkpoint "$CHECKPOINT" --out "$RUN" --faithfulness --split val
 $PY task1/gradcam.py --checkpoint "$CHECKPOINT" --out "$RUN" --faithfulness --split test
-step "Task 3: index train+val embeddings, query test images 0, 20, 70, evaluate retrieval on test"
-$PY task3/build_index.py --checkpoint "$CHECKPOINT" --out "$RUN/task3_index.faiss"
+step "Task 3: query test images 0, 20, 70, evaluate retrieval on test"
 $PY task3/query.py --checkpoint "$CHECKPOINT" --index "$RUN" --out "$RUN" --indices 0 20 70
 $PY task3/query.py --checkpoint "$CHECKPOINT" --index "$RUN" --out "$RUN" --evaluate
 step "Task 2: reports for test images 0, 20, 70 (MedGemma when it can be loaded, else without narrative)"

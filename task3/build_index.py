@@ -19,7 +19,7 @@ from pneumo.data import CLASS_NAMES, load_split
 from pneumo.retrieval import (DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index,
                               search)
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
-from pneumo.screening import nearest_score, ood_reference
+from pneumo.screening import nearest_score, ood_reference, screen
 
 
 def parse_args(argv=None):
@@ -73,7 +73,8 @@ def main(args):
     meta["ood"] = val_reference(args, clf, index, meta, vectors, val_images if "val" in args.split else None)
     save_index(index, meta, args.out)
     print(f"out-of-distribution cut: nearest-case {args.metric} score {meta['ood']['threshold']:.3f} "
-          f"({meta['ood']['percentile']:g}th percentile over {meta['ood']['n']} val images)")
+          f"({meta['ood']['percentile']:g}th percentile over {meta['ood']['n']} val images); val images flagged: "
+          f"{100 * meta['ood']['val_flagged_share']:.1f} %")
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
           f"wrote {args.out} and {meta_path(args.out)}")
@@ -89,7 +90,10 @@ def val_reference(args, clf, index, meta, vectors, val_images=None):
         val_images = load_split(args.data_root, "val", clf.image_size)[0]
         queries, exclude = clf.embed(val_images, args.batch_size), None
     hits = search(index, meta, queries, 1, exclude)
-    return ood_reference([nearest_score(h) for h in hits], args.metric, val_images)
+    scores = [nearest_score(h) for h in hits]
+    reference = ood_reference(scores, args.metric, val_images)
+    reference["val_flagged_share"] = float(np.mean([bool(f) for f in screen(val_images, None, scores, reference)]))
+    return reference
 
 
 if __name__ == "__main__":
