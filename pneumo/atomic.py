@@ -3,6 +3,7 @@ atomic rename. Readers never see half a file, two writers never share a temp fil
 interrupted write leaves the old file (or none) and no temp file behind."""
 import contextlib
 import csv
+import glob
 import json
 import os
 import tempfile
@@ -98,15 +99,10 @@ def _umask() -> int:
 
 def _remove_stale_temps(path: Path) -> None:
     """Temp files of this target left by writers that were killed (their process is gone)."""
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    import glob
-    return glob.escape(name)
 
 
 def _alive(pid: int) -> bool:

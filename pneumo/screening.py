@@ -1,6 +1,7 @@
 """Inputs the classifier has no business judging, flagged in every output instead of given a confident
-answer: files too small to be a radiograph, near-constant images, and images whose embedding lies
-farther from every archived case than almost any val image's does (out of distribution)."""
+answer: files too small to be a radiograph, near-constant images, and images out of distribution (their
+embedding farther from every archived case, or their grey levels further from val's, than almost any
+val image's)."""
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ MIN_SIDE = 64
 # Standard deviation, in grey levels of 0-255, of the image at the classifier's input size below
 # which it is near-constant: no anatomy to judge (real films here: tens of grey levels).
 MIN_STD = 4.0
-# The out-of-distribution cut: this percentile of val images' distance to their nearest archived case
-# (themselves left out). By construction about 0.5 % of val images lie beyond it.
+# The out-of-distribution cuts: this percentile of val images' distance to their nearest archived case
+# (themselves left out), and the same tails of their mean grey level and grey-level spread. About 0.5 %
+# of val images lie beyond each cut (2.5 % beyond any, measured on the shipped model).
 OOD_PERCENTILE = 99.5
 
 
