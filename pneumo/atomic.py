@@ -5,6 +5,7 @@ import contextlib
 import csv
 import glob
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,12 +62,26 @@ def write_text_atomic(path, text: str) -> Path:
     return Path(path)
 
 
+def json_safe(value):
+    """Plain JSON: NaN and infinities (which json.dumps would write as bare NaN/Infinity, not JSON) become
+    null; numpy scalars and arrays become numbers and lists."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json_atomic(path, payload, indent=2) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")
+    return write_text_atomic(path, json.dumps(json_safe(payload), indent=indent, allow_nan=False) + "\n")
 
 
 def write_jsonl_atomic(path, records) -> Path:
-    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    return write_text_atomic(path, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records))
 
 
 def write_csv_atomic(path, header, rows) -> Path:

@@ -83,6 +83,8 @@ def main(args):
 
     strategies = list(STRATEGIES) if args.prompt == "all" else [args.prompt]
     vlm, why_none = load_or_explain(args, device)
+    if args.evaluate and vlm is None:  # a table of the classifier against nothing would read as results
+        raise UserError(f"--evaluate scores the VLM's narratives and {why_none.split(': ', 1)[-1]}")
     records = []
     for strategy in strategies:
         for start in range(0, len(cases), args.batch_size):
@@ -181,7 +183,8 @@ def record(args, run, case, strategy, narrative, why_none, vlm):
     prompt = build_messages(strategy, "<image>", context(case))
     usable = narrative["degenerate"] is None
     return {**base, "strategy": strategy, "model": args.model, "quantization": args.quantization,
-            "vlm_input": f"{w}x{h} RGB, resized by the processor to {size}",
+            "vlm_input": {"width": w, "height": h, "mode": case["vlm_image"].mode,
+                          "processor_size": dict(size) if size is not None else None},
             "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
                        for m in prompt],
             "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],

@@ -99,22 +99,46 @@ def test_tiny_gemma3_loads_through_the_medgemma_path_and_generates_in_batches(ti
 def test_empty_or_nan_generations_are_marked(tiny_vlm, monkeypatch):
     model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
     conversations = [build_messages("zero_shot", Image.new("RGB", (28, 28)))]
+    assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] in (None, "empty")
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: torch.full_like(out, float("nan")))
+    assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] == "nan"
+    hook.remove()
     real_generate = model.generate
 
-    def nan_generate(**kwargs):
-        out = real_generate(**kwargs)
-        out.scores = tuple(torch.full_like(s, float("nan")) for s in out.scores)
-        return out
-    monkeypatch.setattr(model, "generate", nan_generate)
-    assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] == "nan"
-
     def pad_only(**kwargs):
-        out = real_generate(**kwargs)
-        prompt = kwargs["input_ids"].shape[1]
-        out.sequences[:, prompt:] = processor.tokenizer.pad_token_id
-        return out
+        sequences = real_generate(**kwargs)
+        sequences[:, kwargs["input_ids"].shape[1]:] = processor.tokenizer.pad_token_id
+        return sequences
     monkeypatch.setattr(model, "generate", pad_only)
     assert generate(model, processor, conversations, max_new_tokens=3)[0]["degenerate"] == "empty"
+
+
+def test_generation_keeps_no_per_step_scores_and_no_processor_warning(tiny_vlm, monkeypatch, caplog):
+    """output_scores would hold float32 scores over the vocabulary at every step (~2 GiB at batch 8 on
+    MedGemma); the NaN check must come from a flag, and the padding option must go where the processor
+    expects it (transformers 5 warns on every batch otherwise)."""
+    model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
+    seen = {}
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real_generate(**kwargs)
+    monkeypatch.setattr(model, "generate", spy)
+    with caplog.at_level("WARNING"):
+        generate(model, processor, [build_messages("zero_shot", Image.new("RGB", (28, 28)))] * 2, max_new_tokens=2)
+    assert not seen.get("output_scores") and not seen.get("return_dict_in_generate")
+    assert not [r for r in caplog.records if "processor_kwargs" in r.getMessage()]
+
+
+def test_vision_tower_and_projector_stay_out_of_4bit(tiny_vlm):
+    from pneumo.vlm import NOT_QUANTIZED
+    config = quantization_config("nf4", torch.float32)
+    assert {"vision_tower", "multi_modal_projector"} <= set(config.llm_int8_skip_modules)
+    model, _ = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
+    names = [name for name, _ in model.named_modules()]
+    for part in NOT_QUANTIZED:  # each name is a real module of the Gemma 3 class in this transformers version
+        assert any(name.split(".")[-1] == part for name in names), part
 
 
 def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoint, synthetic_root, tmp_path):
@@ -129,7 +153,8 @@ def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoi
     for r in lines:
         assert r["model"] == str(tiny_vlm) and r["impression"] in ("normal", "pneumonia", "indeterminate")
         assert 0 <= r["classifier"]["probability"] <= 1 and r["classifier"]["prediction"] in ("normal", "pneumonia")
-        assert "resized by the processor" in r["vlm_input"] and r["tokens_per_second"] is not None
+        assert r["vlm_input"] == {"width": 28, "height": 28, "mode": "RGB", "processor_size": {"height": 16, "width": 16}}
+        assert r["tokens_per_second"] is not None
     aware = next(r for r in lines if r["strategy"] == "context_aware")
     assert f"{aware['classifier']['probability']:.2f}" in aware["prompt"][1]["text"]
     report = (out / "test_0.md").read_text()
@@ -166,6 +191,23 @@ def test_auto_falls_back_with_the_reason_and_on_refuses(trained_checkpoint, synt
     on = run_cli(generate_reports, *common, "--vlm", "on", "--out", tmp_path / "b")
     assert on.returncode == 1 and "HF_TOKEN" in error_line(on)
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_without_a_vlm_stops_in_one_line_and_writes_nothing(trained_checkpoint, synthetic_root, tmp_path):
+    result = run_cli(generate_reports, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--evaluate",
+                     "--n", "4", "--model", "example-org/not-here", "--quantization", "none", "--out", tmp_path / "e",
+                     "--index", tmp_path / "none.faiss")
+    assert result.returncode == 1 and "--evaluate scores the VLM's narratives" in error_line(result)
+    assert not (tmp_path / "e").exists()
+
+
+def test_no_bare_nan_in_any_json_the_project_writes(tmp_path):
+    import numpy as np
+    from pneumo.atomic import write_json_atomic, write_jsonl_atomic
+    write_json_atomic(tmp_path / "a.json", {"specificity": float("nan"), "n": np.int64(3), "x": [np.float32(0.5)]})
+    write_jsonl_atomic(tmp_path / "b.jsonl", [{"auc": float("inf")}])
+    assert json.loads((tmp_path / "a.json").read_text()) == {"specificity": None, "n": 3, "x": [0.5]}
+    assert (tmp_path / "b.jsonl").read_text() == '{"auc": null}\n'
 
 
 def test_user_image_files_become_cases_named_after_the_file(tmp_path):
