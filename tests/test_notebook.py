@@ -1,0 +1,46 @@
+"""The Colab notebook a Task 2 user meets first: valid, one field to fill, and every command in it
+accepted by the script's own argument parser."""
+import importlib
+import shlex
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "task2_medgemma_colab.ipynb"
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)  # nbformat 4.5: every cell carries an id
+    return nb
+
+
+def code(nb):
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_every_cell_has_an_id_and_only_the_repository_is_a_form_field(notebook):
+    assert notebook.nbformat == 4 and notebook.nbformat_minor >= 5
+    assert len({c.id for c in notebook.cells}) == len(notebook.cells)
+    fields = [line for line in code(notebook).splitlines() if "#@param" in line]
+    assert fields == ["REPO_URL = ''  #@param {type:\"string\"}"]
+    assert "YOUR-ORG" not in code(notebook)  # no placeholder address to clone
+
+
+def test_gpu_check_first_token_without_echo_and_an_upload_route(notebook):
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    assert "torch.cuda.is_available()" in cells[0].source and "raise SystemExit(" in cells[0].source
+    assert "getpass.getpass(" in code(notebook) and "print(os.environ" not in code(notebook)
+    assert "files.upload()" in code(notebook) and "['git', 'clone'" in code(notebook)
+
+
+def test_every_script_command_parses_with_the_scripts_own_parser(notebook):
+    commands = [line.strip().lstrip("!") for line in code(notebook).splitlines() if line.strip().startswith("!python ")]
+    assert len(commands) >= 2
+    for command in commands:
+        words = shlex.split(command)
+        module = importlib.import_module(words[1].removesuffix(".py").replace("/", "."))
+        args = module.parse_args(words[2:])  # argparse exits 2 on a flag the script does not know
+        assert args.vlm == "on", command  # a failed model load must stop the notebook, not pass quietly
