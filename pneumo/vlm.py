@@ -73,6 +73,10 @@ def explain_load_error(model_id: str, err: Exception) -> str:
     gated_hint = (f"accept the model's licence at {licence} and export HF_TOKEN=<a read token>"
                   if licence else "check the folder holds a saved model and processor")
     text = str(err).lower()
+    if isinstance(err, TypeError) and "unexpected keyword" in text:
+        import transformers
+        return (f"could not load {model_id}: transformers {transformers.__version__} is too old for this code "
+                f"({str(err).splitlines()[0][:120]}); pip install -U 'transformers>=4.56'")
     if isinstance(err, GatedRepoError) or "gated" in text or "401" in text or "403" in text:
         return f"{model_id} is gated and this request was not authorised ({name}): {gated_hint}"
     if isinstance(err, RepositoryNotFoundError):

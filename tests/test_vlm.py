@@ -60,6 +60,13 @@ def test_gated_model_without_network_points_at_licence_and_token(monkeypatch):
     assert "\n" not in message
 
 
+def test_a_too_old_transformers_is_named_not_mistaken_for_a_licence_problem():
+    from pneumo.vlm import explain_load_error
+    err = TypeError("Gemma3ForConditionalGeneration.__init__() got an unexpected keyword argument 'dtype'")
+    message = explain_load_error("google/medgemma-4b-it", err)
+    assert "is too old for this code" in message and "transformers>=4.56" in message and "licence" not in message
+
+
 def test_each_prompt_strategy_carries_what_it_should():
     context = {"probability": 0.91, "threshold": 0.62, "prediction": "pneumonia", "region": "right lung, lower zone",
                "neighbours": [{"label": "pneumonia"}] * 4 + [{"label": "normal"}]}
