@@ -34,11 +34,6 @@ def first_existing(name, *folders) -> Path:
     return Path(folders[0]) / name
 
 
-def mean_sd(values) -> dict:
-    values = np.asarray(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-
 def task1_context(results: Path, models: Path) -> dict:
     """Everything the classification report quotes, from the run's files and the published studies."""
     metrics = read_json(results / "task1_metrics_test.json")
@@ -96,7 +91,6 @@ def task3_context(results: Path, models: Path) -> dict:
             for n in sizes}
     return {"evaluation": evaluation, "queries": read_json(results / "task3_query_results.json"),
             "scale": scale, "rows": rows, "flat": flat, "met": met, "clf": classification, "sizes": sizes, "pick": pick,
-            "index_meta": read_json(first_existing("task3_index.json", models, results)),
             "scale_file": first_existing("benchmark_task3.md", results, PUBLISHED)}
 
 

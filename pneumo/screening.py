@@ -104,14 +104,16 @@ def open_archive(path, clf, dim):
         return None
 
 
-def screen_inputs(clf, images, paths=None, archive=None, keys=None) -> list:
+def screen_inputs(clf, images, paths=None, archive=None, keys=None, vectors=None) -> list:
     """Flags per input for a loaded classifier; with an archive (index, metadata) the embedding and
-    grey-level checks too. `keys` ((split, index) or None) leave an archived query out of its own search."""
+    grey-level checks too. `keys` ((split, index) or None) leave an archived query out of its own search;
+    `vectors` are the images' embeddings when the caller already has them."""
     if archive is None or "ood" not in archive[1]:
         return screen(images, paths)
     from .retrieval import exclusions, search
     index, meta = archive
-    hits = search(index, meta, clf.embed(images), 1, exclusions(meta, keys or [None] * len(images)))
+    vectors = clf.embed(images) if vectors is None else vectors
+    hits = search(index, meta, vectors, 1, exclusions(meta, keys or [None] * len(images)))
     return screen(images, paths, [nearest_score(h) for h in hits], meta["ood"])
 
 

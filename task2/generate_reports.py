@@ -130,15 +130,15 @@ def classifier_blocks(args, cases, clf):
     probs = clf.predict_proba(small)
     maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
     neighbours = [None] * len(cases)
-    archive = None
+    archive, vectors = None, None
     if args.index.exists():
-        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM)
+        archive, vectors = load_index(args.index, clf.sha256, EMBEDDING_DIM), clf.embed(small)
         if args.k:
-            neighbours = search(*archive, clf.embed(small), args.k, exclusions(archive[1], [c["key"] for c in cases]))
+            neighbours = search(*archive, vectors, args.k, exclusions(archive[1], [c["key"] for c in cases]))
     else:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
               f"out-of-distribution check (build one with python task3/build_index.py)")
-    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, [c["key"] for c in cases])
+    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, [c["key"] for c in cases], vectors)
     print_flags([c["name"] for c in cases], flags)
     for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
         case["classifier"] = {
