@@ -1,8 +1,7 @@
-"""The vision-language model of Task 2: loading (4-bit NF4 on CUDA), prompts, batched generation,
-and reading a narrative's impression back as normal / pneumonia / indeterminate."""
+"""The vision-language model of Task 2: loading (4-bit NF4 on CUDA), prompts and batched generation.
+Reading the narrative back is pneumo.impression's work."""
 import gc
 import os
-import re
 import time
 
 import torch
@@ -11,11 +10,12 @@ from .runtime import UserError
 
 DEFAULT_VLM = "google/medgemma-4b-it"
 STRATEGIES = ("zero_shot", "clinical_role", "context_aware")
-LABELS = ("normal", "pneumonia", "indeterminate")
 
-REPORT_FORMAT = ("Write a short report with two sections, exactly in this form:\n"
+# Every prompt ends with this, so the last line can be read by a machine (pneumo.impression.label_line)
+REPORT_FORMAT = ("Write a short report exactly in this form:\n"
                  "Findings: <what you see in the lungs, heart and pleura>\n"
-                 "Impression: <one line: 'normal' or 'pneumonia', with a few words of support>")
+                 "Impression: <one line, with a few words of support>\n"
+                 "Label: <one word: normal, pneumonia or uncertain>")
 CLINICAL_ROLE = ("You are an expert pediatric radiologist reading frontal chest X-rays of children "
                  "aged 1 to 5. You are careful, concise and state uncertainty plainly.")
 
@@ -60,10 +60,35 @@ def load_vlm(model_id: str, quantization: str, device: torch.device):
             device_map={"": device.index or 0} if device.type == "cuda" else None)
     except Exception as err:  # hub, auth, cache and format errors all end here; see explain_load_error
         raise UserError(explain_load_error(model_id, err)) from None
+    check_chat_format(processor, model_id)
     if device.type != "cuda":
         model = model.to(device)
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
     return model.eval(), processor
+
+
+def check_chat_format(processor, model_id: str = "the model"):
+    """Render a probe conversation with the processor's own chat template and refuse one that would
+    drop the system text, lose or repeat the image, or add no generation prompt: the prompts here rely
+    on all three. Gemma 3's template folds the system text into the first user turn; that passes."""
+    probe = [{"role": "system", "content": [{"type": "text", "text": "SYSTEM-PROBE"}]},
+             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "USER-PROBE"}]}]
+    try:
+        bare = processor.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+        text = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception as err:  # no template, or one that rejects a system turn
+        raise UserError(f"the chat template of {model_id} cannot render a system + image + text conversation "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    marker = getattr(processor, "boi_token", None) or getattr(processor, "image_token", None)
+    problems = []
+    if "SYSTEM-PROBE" not in text or text.find("SYSTEM-PROBE") > text.find("USER-PROBE"):
+        problems.append("drops the system text or puts it after the question")
+    if marker and text.count(marker) != 1:
+        problems.append(f"places {text.count(marker)} image markers for one image")
+    if not (text.startswith(bare) and len(text) > len(bare)):
+        problems.append("adds no generation prompt")
+    if problems:
+        raise UserError(f"the chat template of {model_id} {' and '.join(problems)}; reports would be unreliable")
 
 
 def explain_load_error(model_id: str, err: Exception) -> str:
@@ -180,33 +205,3 @@ def release_gpu_memory():
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-_NEGATED = r"\b(?:no|without|negative for|absence of|free of|not|resolved)\b[^.;\n]{0,40}?"
-_FINDING = r"(?:pneumonia|consolidation|infiltrat\w*|airspace (?:disease|opacit\w*)|opacit\w*|pneumonic)"
-_HEDGE = (r"\b(?:cannot be (?:excluded|ruled out)|can ?not rule out|possible|possibly|may represent|"
-          r"indeterminate|equivocal|uncertain|suspicious for|versus|vs\.?|non-?diagnostic|limited)\b")
-_NORMAL = r"\b(?:normal|clear|unremarkable|no acute|negative)\b"
-
-
-def impression_section(text: str) -> str:
-    """The text after 'Impression:' (up to another heading), else the whole narrative."""
-    match = re.search(r"impression\s*[:\-]\s*(.+?)(?:\n\s*\w[\w ]{0,30}:|\Z)", text, re.I | re.S)
-    return (match.group(1) if match else text).strip()
-
-
-def parse_impression(text: str) -> str:
-    """normal / pneumonia / indeterminate from a narrative's impression. Negated findings ('no
-    consolidation') count as normal, hedges ('cannot be excluded') as indeterminate, and a positive
-    finding outweighs words like 'otherwise normal'."""
-    section = impression_section(text or "").lower()
-    if not section:
-        return "indeterminate"
-    if re.search(_HEDGE, section):
-        return "indeterminate"
-    without_negated = re.sub(_NEGATED + _FINDING, " negative ", section)
-    if re.search(_FINDING, without_negated):
-        return "pneumonia"
-    if re.search(_NORMAL, without_negated):
-        return "normal"
-    return "indeterminate"

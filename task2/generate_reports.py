@@ -22,18 +22,19 @@ from PIL import Image
 
 from pneumo.atomic import (check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic,
                            write_text_atomic)
+from pneumo.audit import FLAGS, audit
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import load_inputs, load_split
+from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split
 from pneumo.explain import coarse_region
+from pneumo.impression import parse_impression
 from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
 from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
                             seed_everything)
 from pneumo.screening import print_flags, screen_inputs
-from pneumo.vlm import (DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, parse_impression,
-                        release_gpu_memory)
+from pneumo.vlm import DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, release_gpu_memory
 
 
 def parse_args(argv=None):
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--vlm", default="auto", choices=["on", "auto", "none"],
                    help="auto (default): the narrative when the VLM loads, else the rest of the report and one line "
                         "saying why; on: a VLM is required (exit 1 without one); none: skip the VLM")
+    p.add_argument("--vlm_size", type=int, default=224, choices=SIZES,
+                   help="MedMNIST+ size the VLM sees for dataset cases (default 224, downloaded when missing; "
+                        "falls back to the classifier's size with a warning). User files go at full size")
     p.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="nf4 = 4-bit bitsandbytes on CUDA (default)")
     p.add_argument("--prompt", default="context_aware", choices=[*STRATEGIES, "all"], help="prompt strategy (default context_aware)")
     p.add_argument("--evaluate", action="store_true", help="score the VLM's impressions on --n images of --split")
@@ -85,6 +89,8 @@ def main(args):
     vlm, why_none = load_or_explain(args, device)
     if args.evaluate and vlm is None:  # a table of the classifier against nothing would read as results
         raise UserError(f"--evaluate scores the VLM's narratives and {why_none.split(': ', 1)[-1]}")
+    if vlm is not None:
+        attach_vlm_images(args, cases)
     records = []
     for strategy in strategies:
         for start in range(0, len(cases), args.batch_size):
@@ -105,7 +111,8 @@ def main(args):
 
 
 def gather_cases(args, size):
-    """Each case: name, slug, image at the classifier's size, the image the VLM sees, label (None for files)."""
+    """Each case: name, slug, image at the classifier's size, label (None for files); a user's file is
+    also kept at full size for the VLM (dataset cases get theirs from attach_vlm_images)."""
     indices = args.indices
     if args.evaluate:  # a seeded random sample of the split (parse_args refuses --images with it)
         n_split = len(load_split(args.data_root, args.split, size)[1])
@@ -116,12 +123,36 @@ def gather_cases(args, size):
         if key is None:  # a user's file: the VLM sees it at full size, the classifier at its own size
             with Image.open(args.images[position]) as img:
                 vlm_image = img.convert("RGB")
-            case_slug = slug(Path(name).stem)
+            case_slug, source = slug(Path(name).stem), "file"
         else:
-            vlm_image, case_slug = Image.fromarray(image).convert("RGB"), f"{key[0]}_{key[1]}"
-        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "label": label, "key": key,
-                      "path": args.images[position] if key is None else None})
+            vlm_image, case_slug, source = None, f"{key[0]}_{key[1]}", None
+        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "vlm_source": source,
+                      "label": label, "key": key, "path": args.images[position] if key is None else None})
     return cases
+
+
+def attach_vlm_images(args, cases):
+    """Dataset cases go to the VLM at --vlm_size, the largest MedMNIST+ size by default (the same
+    films, downsampled from the same sources, in the same order): a 28-px thumbnail blown up to
+    896 px shows the VLM nothing of the lung texture. When that file cannot be had, the classifier's
+    own images, with one warning."""
+    keyed = [c for c in cases if c["key"] is not None]
+    if not keyed:
+        return
+    size = args.vlm_size
+    try:
+        images, labels = load_split(args.data_root, args.split, size)
+    except UserError as err:
+        size = len(keyed[0]["small"])
+        print(f"warning: the VLM sees {size}-px images: {str(err).split(';')[0]}")
+        images, labels = None, None
+    for case in keyed:
+        index = case["key"][1]
+        if images is not None and CLASS_NAMES[labels[index]] != case["label"]:
+            raise UserError(f"the {size}-px file disagrees with the classifier's on the label of {args.split} #{index}; "
+                            f"both must be PneumoniaMNIST files of the same release")
+        picture = images[index] if images is not None else case["small"]
+        case["vlm_image"], case["vlm_source"] = Image.fromarray(picture).convert("RGB"), f"medmnist_{size}px"
 
 
 def classifier_blocks(args, cases, clf):
@@ -182,14 +213,16 @@ def record(args, run, case, strategy, narrative, why_none, vlm):
     w, h = case["vlm_image"].size
     prompt = build_messages(strategy, "<image>", context(case))
     usable = narrative["degenerate"] is None
+    impression, source = parse_impression(narrative["text"]) if usable else ("uncertain", None)
     return {**base, "strategy": strategy, "model": args.model, "quantization": args.quantization,
-            "vlm_input": {"width": w, "height": h, "mode": case["vlm_image"].mode,
+            "vlm_input": {"source": case["vlm_source"], "width": w, "height": h, "mode": case["vlm_image"].mode,
                           "processor_size": dict(size) if size is not None else None},
             "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
                        for m in prompt],
             "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
             "degenerate": narrative["degenerate"],
-            "impression": parse_impression(narrative["text"]) if usable else "indeterminate",
+            "impression": impression, "label_source": source,
+            "audit": audit(narrative["text"], impression, case["classifier"]) if usable else {},
             "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
             "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
 
@@ -219,47 +252,58 @@ def markdown_report(case, records):
         if r["degenerate"]:
             lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
             continue
-        lines += [r["narrative"], "", "| Classifier | VLM impression (parsed) |", "|---|---|",
-                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} |", ""]
+        lines += [r["narrative"], "", "| Classifier | VLM impression (read from) |", "|---|---|",
+                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} ({r['label_source']}) |", ""]
+        if r["audit"]:
+            lines += ["**Audit flags:** " + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()) + ".", ""]
     lines.append("_Research output, not a diagnosis. Generated by task2/generate_reports.py._")
     return "\n".join(lines) + "\n"
 
 
 def evaluate(args, records, strategies):
     """Per strategy: accuracy, sensitivity, specificity against the truth, agreement with the
-    classifier, indeterminate rate. Indeterminate counts as wrong in accuracy."""
-    rows = []
-    for strategy in strategies:
-        rs = [r for r in records if r["strategy"] == strategy]
-        truth = np.array([r["label"] for r in rs])
-        said = np.array([r["impression"] for r in rs])
-        clf = np.array([r["classifier"]["prediction"] for r in rs])
-        pos, neg = truth == "pneumonia", truth == "normal"
-        rows.append({"strategy": strategy, "n": len(rs), "accuracy": float((said == truth).mean()),
-                     "sensitivity": float((said[pos] == "pneumonia").mean()) if pos.any() else float("nan"),
-                     "specificity": float((said[neg] == "normal").mean()) if neg.any() else float("nan"),
-                     "agreement_with_classifier": float((said == clf).mean()),
-                     "indeterminate_rate": float((said == "indeterminate").mean()),
-                     "degenerate": int(sum(r["degenerate"] is not None for r in rs))})
-    clf_rs = [r for r in records if r["strategy"] == strategies[0]]
-    truth = np.array([r["label"] for r in clf_rs])
-    clf = np.array([r["classifier"]["prediction"] for r in clf_rs])
-    rows.append({"strategy": "classifier (reference)", "n": len(clf_rs), "accuracy": float((clf == truth).mean()),
-                 "sensitivity": float((clf[truth == "pneumonia"] == "pneumonia").mean()),
-                 "specificity": float((clf[truth == "normal"] == "normal").mean()),
-                 "agreement_with_classifier": 1.0, "indeterminate_rate": 0.0, "degenerate": 0})
+    classifier, uncertain rate (uncertain counts as wrong in accuracy), the share of labels read from
+    the Label line, and the rate of each audit flag. The Markdown lists the flagged outputs."""
+    rows = [score(strategy, [r for r in records if r["strategy"] == strategy]) for strategy in strategies]
+    reference = [{**r, "impression": r["classifier"]["prediction"], "label_source": None, "audit": {},
+                  "degenerate": None} for r in records if r["strategy"] == strategies[0]]
+    rows.append({**score("classifier (reference)", reference), "label_line_rate": None,
+                 **{f"{flag}_rate": None for flag in FLAGS}})
     write_csv_atomic(args.out / "evaluation.csv", list(rows[0]), [list(r.values()) for r in rows])
-    cols = ["n", "accuracy", "sensitivity", "specificity", "agreement_with_classifier", "indeterminate_rate", "degenerate"]
+    cols = [c for c in rows[0] if c != "strategy"]
     md = [f"# VLM impressions against the truth: {args.model} ({args.quantization}), {rows[0]['n']} {args.split} images",
           "", f"Written by `python task2/generate_reports.py --evaluate --n {args.n} --prompt {args.prompt}` "
           f"(seed {args.seed}).", "", "| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    md += [f"| {r['strategy']} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-           for r in rows]
+    md += [f"| {r['strategy']} | " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    flagged = [r for r in records if r.get("audit")]
+    md += ["", f"## Flagged outputs ({len(flagged)} of {len(records)})", ""]
+    md += ["| image | truth | strategy | impression | flags |", "|---|---|---|---|---|"] if flagged else ["None."]
+    md += [f"| {r['image']} | {r['label']} | {r['strategy']} | {r['impression']} | "
+           + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()).replace("|", "/") + " |" for r in flagged]
     write_text_atomic(args.out / "evaluation.md", "\n".join(md) + "\n")
     print("\n".join(md))
     write_json_atomic(args.out / "evaluation.json", {"model": args.model, "quantization": args.quantization,
                                                      "split": args.split, "seed": args.seed, "rows": rows})
     return rows
+
+
+def score(strategy, rs):
+    truth = np.array([r["label"] for r in rs])
+    said = np.array([r["impression"] for r in rs])
+    clf = np.array([r["classifier"]["prediction"] for r in rs])
+    pos, neg = truth == "pneumonia", truth == "normal"
+    return {"strategy": strategy, "n": len(rs), "accuracy": float((said == truth).mean()),
+            "sensitivity": float((said[pos] == "pneumonia").mean()) if pos.any() else None,
+            "specificity": float((said[neg] == "normal").mean()) if neg.any() else None,
+            "agreement_with_classifier": float((said == clf).mean()),
+            "uncertain_rate": float((said == "uncertain").mean()),
+            "degenerate": int(sum(r["degenerate"] is not None for r in rs)),
+            "label_line_rate": float(np.mean([r["label_source"] == "label_line" for r in rs])),
+            **{f"{flag}_rate": float(np.mean([flag in r["audit"] for r in rs])) for flag in FLAGS}}
+
+
+def cell(value):
+    return "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
 if __name__ == "__main__":

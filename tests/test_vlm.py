@@ -7,8 +7,9 @@ from PIL import Image
 
 from conftest import error_line, run_cli
 from pneumo.runtime import UserError
-from pneumo.vlm import (build_messages, compute_dtype, generate, load_vlm, parse_impression,
-                        quantization_config)
+from pneumo.data import CLASS_NAMES, SIZES, data_file
+from pneumo.impression import LABELS
+from pneumo.vlm import build_messages, check_chat_format, compute_dtype, generate, load_vlm, quantization_config
 from task2 import generate_reports
 from tiny_gemma3 import save_tiny_gemma3
 
@@ -16,23 +17,6 @@ from tiny_gemma3 import save_tiny_gemma3
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
     return save_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"))
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("Findings: The lungs are clear. No focal consolidation.\nImpression: Normal chest radiograph.", "normal"),
-    ("Findings: Patchy opacity in the right lower lobe.\nImpression: Right lower lobe pneumonia.", "pneumonia"),
-    ("Impression: No evidence of pneumonia. Heart size normal.", "normal"),
-    ("Impression: Findings consistent with pneumonia; otherwise normal cardiac silhouette.", "pneumonia"),
-    ("Impression: Subtle left basilar opacity; early pneumonia cannot be excluded.", "indeterminate"),
-    ("Findings: Bilateral perihilar infiltrates.\nImpression: Viral pneumonia versus reactive airway disease.",
-     "indeterminate"),
-    ("Findings: Lungs are clear.", "normal"),
-    ("Impression: Limited study due to rotation.", "indeterminate"),
-    ("", "indeterminate"),
-    ("Findings: Dense consolidation of the left upper lobe. Impression: lobar consolidation.", "pneumonia"),
-])
-def test_impression_parser_on_real_looking_narratives(text, expected):
-    assert parse_impression(text) == expected
 
 
 def test_quantisation_config_is_nf4_with_double_quantisation():
@@ -76,7 +60,7 @@ def test_each_prompt_strategy_carries_what_it_should():
     for messages in (zero, role, aware):
         assert [m["role"] for m in messages] == ["system", "user"]
         assert messages[1]["content"][0] == {"type": "image", "image": "IMG"}
-        assert "Impression:" in messages[1]["content"][1]["text"]
+        assert messages[1]["content"][1]["text"].endswith("Label: <one word: normal, pneumonia or uncertain>")
     assert "radiologist" not in zero[0]["content"][0]["text"] and "radiologist" in role[0]["content"][0]["text"]
     text = aware[1]["content"][1]["text"]
     assert "0.91" in text and "right lung, lower zone" in text and "4 had pneumonia and 1 were normal" in text
@@ -153,14 +137,16 @@ def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoi
     records = generate_reports.main(generate_reports.parse_args([
         "--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root), "--indices", "0", "1", "2",
         "--model", str(tiny_vlm), "--quantization", "none", "--prompt", "all", "--batch_size", "2",
-        "--max_new_tokens", "4", "--out", str(out), "--device", "cpu", "--index", str(tmp_path / "none.faiss")]))
+        "--max_new_tokens", "4", "--out", str(out), "--device", "cpu", "--index", str(tmp_path / "none.faiss"),
+        "--vlm_size", "28"]))
     assert len(records) == 9 and {r["strategy"] for r in records} == {"zero_shot", "clinical_role", "context_aware"}
     lines = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
     assert lines == records
     for r in lines:
-        assert r["model"] == str(tiny_vlm) and r["impression"] in ("normal", "pneumonia", "indeterminate")
+        assert r["model"] == str(tiny_vlm) and r["impression"] in LABELS and r["label_source"] == "fallback"
+        assert isinstance(r["audit"], dict)
         assert 0 <= r["classifier"]["probability"] <= 1 and r["classifier"]["prediction"] in ("normal", "pneumonia")
-        assert r["vlm_input"] == {"width": 28, "height": 28, "mode": "RGB", "processor_size": {"height": 16, "width": 16}}
+        assert r["vlm_input"] == {"source": "medmnist_28px", "width": 28, "height": 28, "mode": "RGB", "processor_size": {"height": 16, "width": 16}}
         assert r["tokens_per_second"] is not None
     aware = next(r for r in lines if r["strategy"] == "context_aware")
     assert f"{aware['classifier']['probability']:.2f}" in aware["prompt"][1]["text"]
@@ -233,3 +219,93 @@ def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):
     first = sample(0)
     assert first == sample(0) and first != sample(1)
     assert len(set(first)) == 5 and all(key[0] == "test" and label in ("normal", "pneumonia") for key, label in first)
+
+
+def test_prompts_render_in_gemma_3s_documented_format(tiny_vlm):
+    """Google's documented Gemma format: <bos>, no system turn (the system text opens the first user
+    turn, then a blank line), the image where the user put it, turns closed by <end_of_turn>, and the
+    generation prompt <start_of_turn>model. MedGemma's own template is checked at load time."""
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    messages = build_messages("clinical_role", "IMG")
+    system, instruction = messages[0]["content"][0]["text"], messages[1]["content"][1]["text"]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == (f"<bos><start_of_turn>user\n{system}\n\n<start_of_image>{instruction}<end_of_turn>\n"
+                        f"<start_of_turn>model\n")
+    ids = processor.apply_chat_template([build_messages("zero_shot", Image.new("RGB", (28, 28)))],
+                                        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0]
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    assert tokens.count("<image_soft_token>") == 4 and tokens.count("<start_of_image>") == 1  # image_seq_length
+    assert tokens[-2:] == ["<start_of_turn>", "model"]
+
+
+def test_a_chat_template_that_drops_the_system_text_or_the_image_is_refused(tiny_vlm):
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    check_chat_format(processor)  # the documented format passes
+    processor.chat_template = ("{% for m in messages if m['role'] == 'user' %}<start_of_turn>user\n"
+                               "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}"
+                               "<end_of_turn>\n{% endfor %}")
+    with pytest.raises(UserError, match="drops the system text.*image markers.*no generation prompt"):
+        check_chat_format(processor)
+
+
+def write_multisize(root, n=12, seed=0):
+    """The same synthetic films at every MedMNIST+ size: drawn at 224 px, downsampled as MedMNIST+ was."""
+    rng = np.random.default_rng(seed)
+    films = {split: (rng.integers(0, 255, (n, 8, 8)).astype(np.uint8), rng.integers(0, 2, n)) for split in ("train", "val", "test")}
+    for size in SIZES:
+        arrays = {}
+        for split, (coarse, labels) in films.items():
+            big = [Image.fromarray(c).resize((224, 224), Image.Resampling.BICUBIC) for c in coarse]
+            arrays[f"{split}_images"] = np.stack([np.asarray(b.resize((size, size), Image.Resampling.BICUBIC)) for b in big])
+            arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+        np.savez_compressed(data_file(root, size), **arrays)
+    return root
+
+
+def test_the_vlm_gets_the_same_case_at_every_medmnist_size(tmp_path):
+    root = write_multisize(tmp_path)
+    small = {}
+    for size in SIZES:
+        args = generate_reports.parse_args(["--data_root", str(root), "--indices", "3", "7", "--vlm_size", str(size)])
+        cases = generate_reports.gather_cases(args, 28)
+        small[size] = [c["small"] for c in cases]
+        generate_reports.attach_vlm_images(args, cases)
+        for case in cases:
+            assert case["vlm_image"].size == (size, size) and case["vlm_source"] == f"medmnist_{size}px"
+            seen = np.asarray(case["vlm_image"].convert("L").resize((28, 28), Image.Resampling.BICUBIC), dtype=float)
+            errors = [np.abs(seen - other).mean() for other in np.load(data_file(root, 28))["test_images"]]
+            assert int(np.argmin(errors)) == case["key"][1]  # the nearest 28-px film is the one asked for
+    assert all(np.array_equal(a, b) for a, b in zip(small[28], small[224]))  # the classifier keeps its own size
+
+
+def test_without_the_large_file_the_vlm_falls_back_with_one_warning(synthetic_root, monkeypatch, capsys):
+    import pneumo.data
+    from pneumo.runtime import UserError as Missing
+
+    def offline(root, size=28):  # what a machine without the network meets, without touching it
+        if not data_file(root, size).exists():
+            raise Missing(f"{data_file(root, size)} is missing and the download failed (ConnectionError); put it there")
+        return data_file(root, size)
+    monkeypatch.setattr(pneumo.data, "ensure_data_file", offline)
+    args = generate_reports.parse_args(["--data_root", str(synthetic_root), "--indices", "1"])
+    assert args.vlm_size == 224
+    cases = generate_reports.gather_cases(args, 28)
+    generate_reports.attach_vlm_images(args, cases)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "28-px" in warnings[0] and "pneumoniamnist_224.npz is missing" in warnings[0]
+    assert cases[0]["vlm_source"] == "medmnist_28px" and cases[0]["vlm_image"].size == (28, 28)
+
+
+def test_a_large_file_of_another_release_is_refused(tmp_path):
+    root = write_multisize(tmp_path)
+    with np.load(data_file(root, 64)) as f:
+        arrays = dict(f)
+    arrays["test_labels"] = 1 - arrays["test_labels"]
+    np.savez_compressed(data_file(root, 64), **arrays)
+    args = generate_reports.parse_args(["--data_root", str(root), "--indices", "3", "--vlm_size", "64"])
+    cases = generate_reports.gather_cases(args, 28)
+    with pytest.raises(UserError, match="disagrees with the classifier's on the label of test #3"):
+        generate_reports.attach_vlm_images(args, cases)
+    assert CLASS_NAMES  # labels are class names in cases

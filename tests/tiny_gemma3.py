@@ -8,11 +8,23 @@ WORDS = ("findings impression normal pneumonia lungs are clear no consolidation 
          "system user model").split()
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
            "<start_of_turn>", "<end_of_turn>"]
+# Gemma 3's prompt format as Google documents it (ai.google.dev/gemma/docs/formatting), written here
+# as a Jinja template: <bos>; turns "<start_of_turn>user|model\n ... <end_of_turn>\n"; no system role:
+# the system text opens the first user turn, followed by a blank line; the generation prompt is
+# "<start_of_turn>model\n"; an image item becomes <start_of_image>, which the processor expands.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<start_of_image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    "{{ bos_token }}"
+    "{% set system = messages[0] if messages and messages[0]['role'] == 'system' else none %}"
+    "{% for message in (messages[1:] if system else messages) %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n"
+    "{% if loop.first and system %}{{ system['content'][0]['text'] if system['content'] is not string "
+    "else system['content'] }}\n\n{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
 def save_tiny_gemma3(folder: Path, seed: int = 0) -> Path:
@@ -29,6 +41,7 @@ def save_tiny_gemma3(folder: Path, seed: int = 0) -> Path:
         additional_special_tokens=SPECIAL[4:],
         extra_special_tokens={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                               "eoi_token": "<end_of_image>"})
+    tokenizer.add_tokens(SPECIAL[4:], special_tokens=True)  # the turn markers too, split out of the text as in Gemma's
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 16, "width": 16},
                                                                      do_pan_and_scan=False),
                                 tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, image_seq_length=4)

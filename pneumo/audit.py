@@ -1,0 +1,51 @@
+"""A contradiction audit of one VLM narrative: measurable flags instead of a "hallucination" verdict.
+
+- contradicts_classifier: the impression says the opposite of a classifier that is confident
+  (P(pneumonia) >= 0.9 read as normal, or <= 0.1 read as pneumonia).
+- location_vs_gradcam: an affirmed finding placed on one side only (or in the upper zone only, or the
+  lower zone only) while the Grad-CAM peak lies on the other side (or at the other end of the lung).
+  Middle zones, both lungs and central maps contradict nothing: the map is 4x4 cells upsampled.
+- unasked_findings: affirmed mentions of what the prompt never asked about (devices, bones, masses,
+  other examinations, the patient's age): this is one film, read for lungs, heart and pleura.
+"""
+import re
+
+from .impression import mentions
+
+HIGH_CONFIDENCE = 0.9
+FLAGS = ("contradicts_classifier", "location_vs_gradcam", "unasked_findings")
+_SIDES = {"right": re.compile(r"\bright\b", re.I), "left": re.compile(r"\bleft\b", re.I),
+          "both": re.compile(r"\b(?:bilateral(?:ly)?|both)\b", re.I)}
+_ZONES = {"upper": re.compile(r"\b(?:upper|apical|apex|apices)\b", re.I),
+          "lower": re.compile(r"\b(?:lower|basal|bases?|basilar)\b", re.I)}
+
+
+def audit(narrative: str, impression: str, classifier: dict) -> dict:
+    """{flag: reason} for each flag raised on this narrative (empty when none)."""
+    flags = {}
+    p = classifier["probability"]
+    if (p >= HIGH_CONFIDENCE and impression == "normal") or (p <= 1 - HIGH_CONFIDENCE and impression == "pneumonia"):
+        flags["contradicts_classifier"] = f"impression {impression} against the classifier's P(pneumonia) = {p:.3f}"
+    found = mentions(narrative)
+    affirmed = [m for m in found if m["kind"] == "FINDING" and not m["negated"] and not m["hedged"]]
+    where = location_conflict([m["sentence"] for m in affirmed], classifier.get("region") or "")
+    if where:
+        flags["location_vs_gradcam"] = where
+    unasked = sorted({m["text"].lower() for m in found if m["kind"] == "UNASKED" and not m["negated"]})
+    if unasked:
+        flags["unasked_findings"] = ", ".join(unasked)
+    return flags
+
+
+def location_conflict(sentences, region: str):
+    """Why the places named in `sentences` contradict a coarse_region answer, or None."""
+    text = " ".join(sentences)
+    sides = {s for s, rx in _SIDES.items() if rx.search(text)}
+    zones = {z for z, rx in _ZONES.items() if rx.search(text)}
+    cam_side = region.split(" ")[0] if region.startswith(("right lung", "left lung")) else None
+    cam_zone = next((z for z in ("upper", "lower") if f"{z} zone" in region), None)
+    if cam_side and len(sides) == 1 and sides != {"both"} and cam_side not in sides:
+        return f"narrative places the finding on the {sides.pop()}, Grad-CAM in the {region}"
+    if cam_zone and len(zones) == 1 and cam_zone not in zones:
+        return f"narrative places the finding in the {zones.pop()} zone, Grad-CAM in the {region}"
+    return None

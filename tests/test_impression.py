@@ -1,0 +1,95 @@
+"""Reading narratives back: the Label line, the NegEx fallback on a labelled set, and the audit flags."""
+import json
+from pathlib import Path
+
+import pytest
+
+from pneumo.audit import audit, location_conflict
+from pneumo.impression import LABELS, impression_section, label_line, mentions, parse_impression, read_free_text
+
+DATA = Path(__file__).parent / "data"
+SETS = ("impressions.jsonl", "impressions_heldout.jsonl")
+
+
+def labelled(name):
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+
+
+def test_the_labelled_set_is_large_varied_and_balanced_enough():
+    rows = [r for name in SETS for r in labelled(name)]
+    assert len(rows) >= 60 and {r["label"] for r in rows} == set(LABELS)
+    assert min(sum(r["label"] == label for r in rows) for label in LABELS) >= 15
+    texts = [r["text"] for r in rows]
+    assert len(set(texts)) == len(texts)
+    assert sum("**" in t or "###" in t for t in texts) >= 4 and sum("Label" in t for t in texts) >= 5
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_error_rate_on_the_labelled_impressions_is_at_most_3_percent(name):
+    rows = labelled(name)
+    wrong = [(r["text"], r["label"], parse_impression(r["text"])[0]) for r in rows
+             if parse_impression(r["text"])[0] != r["label"]]
+    assert len(wrong) <= 0.03 * len(rows), wrong
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("No consolidation or infiltrate.", "normal"),          # a negated list
+    ("Pneumonia is not seen.", "normal"),                   # negation after the noun
+    ("Pneumonia is unlikely.", "normal"),
+    ("Cannot exclude early pneumonia.", "uncertain"),       # hedges
+    ("Questionable opacity at the right base.", "uncertain"),
+    ("Interval resolution of the previous pneumonia.", "normal"),  # resolution
+    ("**Impression**: Right lower lobe pneumonia.", "pneumonia"),  # Markdown heading
+    ("No pleural effusion, but there is right lower lobe consolidation.", "pneumonia"),  # scope ends at "but"
+    ("", "uncertain"),
+])
+def test_the_failures_the_old_parser_made_are_read_right(text, expected):
+    assert read_free_text(text) == expected
+
+
+def test_the_label_line_is_read_first_and_its_source_recorded():
+    text = "Findings: Right lower lobe consolidation.\nImpression: Pneumonia.\n**Label:** Uncertain"
+    assert parse_impression(text) == ("uncertain", "label_line")
+    assert parse_impression("Impression: Right lower lobe pneumonia.") == ("pneumonia", "fallback")
+    assert label_line("Label: normal\nLabel: pneumonia") == "pneumonia"  # the last one wins
+    assert label_line("The label: a normal-looking film") is None  # only a line that starts with Label
+
+
+def test_the_impression_section_is_the_text_after_the_last_heading():
+    text = "**Findings:** Patchy opacity.\n### Impression\nNormal heart.\nRecommendations: none\nLabel: normal"
+    assert impression_section(text) == "Normal heart."
+    assert impression_section("Lungs clear.") == "Lungs clear."
+
+
+def test_mentions_carry_negation_and_hedging():
+    found = {m["text"].lower(): m for m in mentions("No fracture. Possible pneumonia. Nasogastric tube in place.")}
+    assert found["fracture"]["negated"] and not found["fracture"]["hedged"]
+    assert found["pneumonia"]["hedged"] and not found["nasogastric tube"]["negated"]
+
+
+def test_audit_flags_a_contradicted_confident_classifier():
+    confident = {"probability": 0.97, "region": "right lung, lower zone"}
+    assert "contradicts_classifier" in audit("Impression: Normal.\nLabel: normal", "normal", confident)
+    assert "contradicts_classifier" not in audit("Impression: Pneumonia.", "pneumonia", confident)
+    unsure = {"probability": 0.6, "region": "right lung, lower zone"}
+    assert "contradicts_classifier" not in audit("Impression: Normal.", "normal", unsure)
+    assert "contradicts_classifier" in audit("Impression: Pneumonia.", "pneumonia", {"probability": 0.05, "region": ""})
+
+
+def test_audit_flags_a_side_or_zone_that_grad_cam_puts_elsewhere():
+    assert location_conflict(["Left lower lobe pneumonia."], "right lung, lower zone").startswith("narrative places the finding on the left")
+    assert location_conflict(["Right upper lobe consolidation."], "right lung, lower zone").startswith("narrative places the finding in the upper")
+    assert location_conflict(["Right lower lobe pneumonia."], "right lung, lower zone") is None
+    assert location_conflict(["Bilateral infiltrates."], "right lung, lower zone") is None
+    assert location_conflict(["Left lower lobe pneumonia."], "both lungs, lower zones") is None
+    assert location_conflict(["Left lower lobe pneumonia."], "central (mediastinum / heart), middle zone") is None
+    # a negated finding on the other side places nothing
+    flags = audit("No left-sided consolidation. Right basal pneumonia.", "pneumonia", {"probability": 0.9, "region": "right lung, lower zone"})
+    assert "location_vs_gradcam" not in flags
+
+
+def test_audit_flags_affirmed_findings_nobody_asked_about():
+    clf = {"probability": 0.5, "region": "no localised evidence"}
+    flags = audit("Findings: Clear lungs. Compared with the prior study, a nasogastric tube is seen. No fracture.", "normal", clf)
+    assert flags["unasked_findings"] == "nasogastric tube, prior study"
+    assert audit("Findings: Clear lungs. No fracture or mass.\nImpression: Normal.", "normal", clf) == {}
