@@ -14,7 +14,7 @@ LABELS = ("normal", "pneumonia", "uncertain")
 SOURCES = ("label_line", "fallback")
 
 # The last `Label: x` line, tolerant of Markdown emphasis and bullets: "**Label:** Normal", "- Label: **pneumonia**"
-_LABEL_LINE = re.compile(r"^[\s*_#>\-]*label[\s*_]*[:\-][\s*_]*(normal|pneumonia|uncertain)\b", re.I | re.M)
+LABEL_LINE = re.compile(r"^[\s*_#>\-]*label[\s*_]*[:\-][\s*_]*(normal|pneumonia|uncertain)\b", re.I | re.M)
 # A heading such as "Impression:", "**Impression**:", "### Impression", "IMPRESSION -"
 _HEADING = r"^[\s*_#>\-]*{name}[\s*_]*(?::|-|\n)"
 _NEXT_HEADING = re.compile(r"^[\s*_#>\-]*(?:findings|label|recommendations?|comparison|technique)[\s*_]*(?::|\n)", re.I | re.M)
@@ -62,7 +62,7 @@ _UNREADABLE = re.compile(r"\b(?:uncertain|indeterminate|non-?diagnostic|too low 
 
 def label_line(text: str):
     """The label of the last `Label:` line, or None."""
-    found = _LABEL_LINE.findall(text or "")
+    found = LABEL_LINE.findall(text or "")
     return found[-1].lower() if found else None
 
 
@@ -75,7 +75,7 @@ def impression_section(text: str) -> str:
         text = text[heads[-1].end():]
         nxt = _NEXT_HEADING.search(text)
         text = text[:nxt.start()] if nxt else text
-    text = _LABEL_LINE.sub(" ", text)
+    text = LABEL_LINE.sub(" ", text)
     return re.sub(r"[*_#`]+", " ", text).strip()
 
 
