@@ -239,7 +239,7 @@ def test_prompts_render_in_gemma_3s_documented_format(tiny_vlm):
     assert tokens[-2:] == ["<start_of_turn>", "model"]
 
 
-def test_a_chat_template_that_drops_the_system_text_or_the_image_is_refused(tiny_vlm):
+def test_a_chat_template_that_drops_the_system_text_or_the_image_is_refused(tiny_vlm, tmp_path):
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(tiny_vlm)
     check_chat_format(processor)  # the documented format passes
@@ -248,6 +248,11 @@ def test_a_chat_template_that_drops_the_system_text_or_the_image_is_refused(tiny
                                "<end_of_turn>\n{% endfor %}")
     with pytest.raises(UserError, match="drops the system text.*image markers.*no generation prompt"):
         check_chat_format(processor)
+    import shutil  # and load_vlm runs the check before any image is read
+    broken = shutil.copytree(tiny_vlm, tmp_path / "broken")
+    processor.save_pretrained(broken)
+    with pytest.raises(UserError, match=f"the chat template of {broken} drops the system text"):
+        load_vlm(str(broken), "none", torch.device("cpu"))
 
 
 def write_multisize(root, n=12, seed=0):
@@ -309,3 +314,33 @@ def test_a_large_file_of_another_release_is_refused(tmp_path):
     with pytest.raises(UserError, match="disagrees with the classifier's on the label of test #3"):
         generate_reports.attach_vlm_images(args, cases)
     assert CLASS_NAMES  # labels are class names in cases
+
+
+def test_evaluate_reports_flag_rates_and_lists_the_flagged_outputs(tmp_path):
+    args = generate_reports.parse_args(["--evaluate", "--n", "4", "--prompt", "all", "--out", str(tmp_path)])
+    clf = {"probability": 0.95, "prediction": "pneumonia", "region": "right lung, lower zone"}
+
+    def rec(image, label, strategy, impression, flags, source="label_line"):
+        return {"image": image, "label": label, "strategy": strategy, "impression": impression, "classifier": clf,
+                "label_source": source, "audit": flags, "degenerate": None}
+    records = [rec("test #1", "pneumonia", "zero_shot", "normal", {"contradicts_classifier": "x"}, "fallback"),
+               rec("test #2", "pneumonia", "zero_shot", "pneumonia", {}),
+               rec("test #1", "pneumonia", "clinical_role", "pneumonia", {"unasked_findings": "nasogastric tube"}),
+               rec("test #2", "pneumonia", "clinical_role", "uncertain", {})]
+    rows = {r["strategy"]: r for r in generate_reports.evaluate(args, records, ["zero_shot", "clinical_role"])}
+    assert rows["zero_shot"]["contradicts_classifier_rate"] == 0.5 and rows["zero_shot"]["label_line_rate"] == 0.5
+    assert rows["clinical_role"]["unasked_findings_rate"] == 0.5 and rows["clinical_role"]["uncertain_rate"] == 0.5
+    assert rows["classifier (reference)"]["accuracy"] == 1.0 and rows["classifier (reference)"]["label_line_rate"] is None
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "## Flagged outputs (2 of 4)" in md and "| test #1 | pneumonia | clinical_role | pneumonia | unasked_findings: nasogastric tube |" in md
+    assert "NaN" not in (tmp_path / "evaluation.json").read_text()
+
+
+def test_evaluate_runs_end_to_end_with_the_tiny_vlm(tiny_vlm, trained_checkpoint, synthetic_root, tmp_path):
+    result = run_cli(generate_reports, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--evaluate",
+                     "--n", "3", "--model", tiny_vlm, "--quantization", "none", "--max_new_tokens", "3", "--vlm_size", "28",
+                     "--device", "cpu", "--out", tmp_path / "e", "--index", tmp_path / "none.faiss")
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "e" / "evaluation.json").read_text())["rows"][0]
+    assert table["n"] == 3 and table["label_line_rate"] == 0.0  # the random model writes no Label line
+    assert {f"{flag}_rate" for flag in ("contradicts_classifier", "location_vs_gradcam", "unasked_findings")} <= set(table)
