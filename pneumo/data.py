@@ -128,7 +128,21 @@ def file_sha256(path) -> str:
 
 def load_image_file(path, size: int = 28) -> np.ndarray:
     """A user's image made the way PneumoniaMNIST was: grayscale, centre crop to the short side,
-    antialiased resize. Any PIL-readable file of any size and mode; uint8 (size, size)."""
+    antialiased resize. Any PIL-readable file of any size and mode, or a DICOM file; uint8 (size, size)."""
+    img = read_picture(path)
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_picture(path) -> Image.Image:
+    """The file as an 8-bit grayscale PIL image at its own size: DICOM through read_dicom, anything
+    else through PIL (16-bit and float stretched to 8 bits, transparency over black)."""
+    if is_dicom(path):
+        return Image.fromarray(read_dicom(path))
     try:
         with Image.open(path) as img:
             img.load()
@@ -140,20 +154,65 @@ def load_image_file(path, size: int = 28) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise UserError(f"{path} is not a readable image ({type(err).__name__})") from None
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: stretch to 8 bits
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        img = Image.fromarray(np.uint8(np.round(255 * (arr - lo) / max(hi - lo, 1e-12))))
+        img = Image.fromarray(stretch(np.asarray(img, dtype=np.float64)))
     elif img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    img = img.convert("L")
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8)
+    return img.convert("L")
+
+
+def stretch(values: np.ndarray) -> np.ndarray:
+    """Any range of numbers onto 0..255, lowest to 0 and highest to 255."""
+    lo, hi = float(values.min()), float(values.max())
+    return np.uint8(np.round(255 * (values - lo) / max(hi - lo, 1e-12)))
+
+
+def picture_size(path) -> tuple:
+    """(width, height) of an image file from its header alone (DICOM: Columns, Rows)."""
+    if is_dicom(path):
+        import pydicom
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.get("Columns", 0)), int(ds.get("Rows", 0))
+    with Image.open(path) as img:
+        return img.size
+
+
+def is_dicom(path) -> bool:
+    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(path) -> np.ndarray:
+    """uint8 pixels of a DICOM radiograph as a reader sees them: stored values through the modality
+    LUT (rescale slope and intercept), then the VOI LUT or window the file names (none: the full range),
+    MONOCHROME1 inverted (there low values are bright), stretched to 8 bits."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    try:
+        ds = pydicom.dcmread(path)
+        if int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) > 2 * Image.MAX_IMAGE_PIXELS:
+            raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                            f"downscale it first")
+        values = ds.pixel_array
+    except UserError:
+        raise
+    except Exception as err:  # a broken header, no pixel data, or a transfer syntax without its decoder
+        raise UserError(f"{path} is a DICOM file whose pixels cannot be read ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or values.ndim != 2:
+        raise UserError(f"{path}: a {photometric} DICOM with {values.ndim}-d pixels; a single-frame grayscale "
+                        f"radiograph (MONOCHROME1 or MONOCHROME2) is expected")
+    values = apply_voi_lut(apply_modality_lut(values, ds), ds).astype(np.float64)
+    if photometric == "MONOCHROME1":
+        values = values.max() + values.min() - values
+    return stretch(values)
 
 
 def normalize(images_uint8: torch.Tensor, normalization=NORMALIZATION) -> torch.Tensor:

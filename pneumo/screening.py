@@ -5,7 +5,8 @@ val image's)."""
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from .data import picture_size
 
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
 # publishes is 64 px, and the source films are over 1,000 px.
@@ -21,8 +22,7 @@ OOD_PERCENTILE = 99.5
 
 def file_flags(path) -> list:
     """'too small' from the file's own size (the header alone is read)."""
-    with Image.open(path) as img:
-        width, height = img.size
+    width, height = picture_size(path)
     if min(width, height) < MIN_SIDE:
         return [f"too small to be a radiograph ({width}x{height} px; the rule is a short side of at least {MIN_SIDE} px)"]
     return []

@@ -26,7 +26,7 @@ from pneumo.audit import FLAGS, audit
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split
+from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split, read_picture
 from pneumo.explain import coarse_region
 from pneumo.impression import parse_impression
 from pneumo.model import EMBEDDING_DIM
@@ -121,8 +121,7 @@ def gather_cases(args, size):
     cases = []
     for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
         if key is None:  # a user's file: the VLM sees it at full size, the classifier at its own size
-            with Image.open(args.images[position]) as img:
-                vlm_image = img.convert("RGB")
+            vlm_image = read_picture(args.images[position]).convert("RGB")  # DICOM too, as a reader sees it
             case_slug, source = slug(Path(name).stem), "file"
         else:
             vlm_image, case_slug, source = None, f"{key[0]}_{key[1]}", None

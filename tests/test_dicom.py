@@ -1,0 +1,105 @@
+"""Real X-ray files come as DICOM: the one loader reads them as a reader would see them."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import error_line, run_cli
+from pneumo.data import load_image_file, read_dicom, stretch
+from pneumo.runtime import UserError
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "shared" / "samples").glob("*/*.jpeg"))
+
+
+@pytest.fixture(scope="module")
+def source():
+    """8-bit pixels of a real sample X-ray (a synthetic film where ../shared is absent), 256 px wide."""
+    if SAMPLES:
+        with Image.open(SAMPLES[0]) as img:
+            img = img.convert("L")
+            return np.asarray(img.resize((256, round(256 * img.height / img.width))))
+    yy, xx = np.mgrid[0:200, 0:256]
+    return np.uint8(np.clip(128 + 80 * np.sin(xx / 17) * np.cos(yy / 23), 0, 255))
+
+
+def write_dicom(path, stored, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None, bits=12):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    cr = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = cr, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = cr, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def close(a, b, tolerance=1):
+    return np.abs(a.astype(int) - b.astype(int)).max() <= tolerance
+
+
+def test_monochrome2_12_bit_comes_back_as_the_source(tmp_path, source):
+    stored = source.astype(np.uint16) * 16  # 0..4080 in 12 bits
+    assert close(read_dicom(write_dicom(tmp_path / "a.dcm", stored)), stretch(source.astype(float)))
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path, source):
+    # stored values are half the real ones, offset: the modality LUT must undo both before the stretch
+    stored = source.astype(np.uint16) * 8
+    path = write_dicom(tmp_path / "b.dcm", stored, slope=2.0, intercept=-1024.0)
+    assert close(read_dicom(path), stretch(source.astype(float)))
+    path = write_dicom(tmp_path / "c.dcm", stored, slope=-2.0, intercept=4096.0)  # a negative slope flips it
+    assert close(read_dicom(path), 255 - stretch(source.astype(float)))
+
+
+def test_monochrome1_is_inverted(tmp_path, source):
+    stored = 4095 - source.astype(np.uint16) * 16  # in MONOCHROME1 low values are bright
+    assert close(read_dicom(write_dicom(tmp_path / "d.dcm", stored, "MONOCHROME1")), stretch(source.astype(float)))
+
+
+def test_the_window_the_file_names_is_applied(tmp_path, source):
+    stored = source.astype(np.uint16) * 16
+    center, width = 2048.0, 1024.0  # source levels 96..160 fill the output; the rest saturate
+    got = read_dicom(write_dicom(tmp_path / "e.dcm", stored, window=(center, width)))
+    linear = np.clip((stored - (center - 0.5)) / (width - 1) + 0.5, 0, 1)  # DICOM's linear VOI function
+    assert close(got, stretch(linear), tolerance=2)
+    assert (got[source < 90] == 0).all() and (got[source > 166] == 255).all()
+    assert not close(got, read_dicom(write_dicom(tmp_path / "f.dcm", stored)), tolerance=10)  # the window matters
+
+
+def test_dicom_and_png_of_the_same_film_give_the_same_model_input(tmp_path, source):
+    Image.fromarray(stretch(source.astype(float))).save(tmp_path / "film.png")
+    write_dicom(tmp_path / "film.dcm", source.astype(np.uint16) * 16)
+    assert close(load_image_file(tmp_path / "film.dcm", 28), load_image_file(tmp_path / "film.png", 28))
+
+
+def test_a_corrupt_or_colour_dicom_is_one_clear_error(tmp_path, source):
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 5)
+    with pytest.raises(UserError, match="DICOM file whose pixels cannot be read"):
+        load_image_file(broken)
+    no_pixels = write_dicom(tmp_path / "np.dcm", source.astype(np.uint16))
+    import pydicom
+    ds = pydicom.dcmread(no_pixels)
+    del ds.PixelData
+    ds.save_as(no_pixels)
+    with pytest.raises(UserError, match="cannot be read"):
+        load_image_file(no_pixels)
+
+
+def test_scripts_take_dicom_files(tmp_path, source, trained_checkpoint):
+    from task1 import gradcam
+    path = write_dicom(tmp_path / "film.dcm", source.astype(np.uint16) * 16)
+    result = run_cli(gradcam, "--checkpoint", trained_checkpoint, "--images", path, "--out", tmp_path / "g",
+                     "--index", tmp_path / "none.faiss")
+    assert result.returncode == 0, error_line(result)
