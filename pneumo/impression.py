@@ -81,9 +81,11 @@ def impression_section(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _pipeline():
+    import importlib
+
     import spacy
-    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
     from negspacy.termsets import termset
+    importlib.import_module("negspacy.negation")  # registers spaCy's "negex" factory
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer", config={"punct_chars": [".", "!", ";", "\n"]})  # "?" hedges in reports
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})

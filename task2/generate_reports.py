@@ -22,19 +22,18 @@ from PIL import Image
 
 from pneumo.atomic import (check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic,
                            write_text_atomic)
-from pneumo.audit import FLAGS, audit
+from pneumo.audit import FLAGS
+from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split, read_picture
-from pneumo.explain import coarse_region
-from pneumo.impression import parse_impression
 from pneumo.model import EMBEDDING_DIM
-from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, search
+from pneumo.retrieval import DEFAULT_INDEX, load_index
 from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
                             seed_everything)
-from pneumo.screening import print_flags, screen_inputs
-from pneumo.vlm import DEFAULT_VLM, STRATEGIES, build_messages, generate, load_vlm, release_gpu_memory
+from pneumo.screening import print_flags
+from pneumo.vlm import DEFAULT_VLM, STRATEGIES, load_vlm, release_gpu_memory
 
 
 def parse_args(argv=None):
@@ -103,7 +102,8 @@ def main(args):
     write_jsonl_atomic(args.out / "reports.jsonl", records)
     for case in cases:
         write_text_atomic(args.out / f"{case['slug']}.md",
-                          markdown_report(case, [r for r in records if r["image"] == case["name"]]))
+                          markdown_report(case, [r for r in records if r["image"] == case["name"]],
+                                          "task2/generate_reports.py"))
     print(f"wrote {len(records)} records to {args.out / 'reports.jsonl'} and {len(cases)} Markdown reports to {args.out}")
     if args.evaluate:
         return evaluate(args, records, strategies)
@@ -155,27 +155,21 @@ def attach_vlm_images(args, cases):
 
 
 def classifier_blocks(args, cases, clf):
-    """Probability, decision, Grad-CAM region and (when the index exists) neighbours, per case."""
-    small = np.stack([c["small"] for c in cases])
-    probs = clf.predict_proba(small)
-    maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
-    neighbours = [None] * len(cases)
-    archive, vectors = None, None
+    """The classifier block of every case; the index when it exists (neighbours and the out-of-distribution check)."""
+    archive = None
     if args.index.exists():
-        archive, vectors = load_index(args.index, clf.sha256, EMBEDDING_DIM), clf.embed(small)
-        if args.k:
-            neighbours = search(*archive, vectors, args.k, exclusions(archive[1], [c["key"] for c in cases]))
+        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM)
     else:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
               f"out-of-distribution check (build one with python task3/build_index.py)")
-    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, [c["key"] for c in cases], vectors)
-    print_flags([c["name"] for c in cases], flags)
-    for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
-        case["classifier"] = {
-            "checkpoint_sha256": clf.sha256, "probability": round(float(prob), 4), "threshold": round(clf.threshold, 4),
-            "prediction": clf.label(prob), "region": coarse_region(cam), "flags": found,
-            "neighbours": [{k: h[k] for k in ("rank", "split", "index", "label", "distance", "similarity") if k in h}
-                           for h in hits] if hits else None}
+    print_flags([c["name"] for c in cases], add_classifier_blocks(clf, cases, archive, args.k))
+
+
+def record(args, run, case, strategy, narrative, why_none, vlm):
+    base = {"image": case["name"], "label": case["label"], "classifier": case["classifier"], "git_commit": run["git_commit"]}
+    if narrative is None:
+        return {**base, "strategy": None, "model": None, "narrative": None, "impression": None, "note": why_none}
+    return {**base, **narrative_record(case, strategy, narrative, vlm, args.model, args.quantization)}
 
 
 def load_or_explain(args, device):
@@ -191,72 +185,8 @@ def load_or_explain(args, device):
         return None, f"no VLM could be loaded: {err}"
 
 
-def narrate(vlm, batch, strategy, max_new_tokens):
-    model, processor = vlm
-    conversations = [build_messages(strategy, case["vlm_image"], context(case)) for case in batch]
-    return generate(model, processor, conversations, max_new_tokens)
-
-
-def context(case):
-    c = case["classifier"]
-    return {"probability": c["probability"], "threshold": c["threshold"], "prediction": c["prediction"],
-            "region": c["region"], "neighbours": c["neighbours"]}
-
-
-def record(args, run, case, strategy, narrative, why_none, vlm):
-    base = {"image": case["name"], "label": case["label"], "classifier": case["classifier"], "git_commit": run["git_commit"]}
-    if narrative is None:
-        return {**base, "strategy": None, "model": None, "narrative": None, "impression": None, "note": why_none}
-    processor = vlm[1]
-    size = getattr(processor.image_processor, "size", None)
-    w, h = case["vlm_image"].size
-    prompt = build_messages(strategy, "<image>", context(case))
-    usable = narrative["degenerate"] is None
-    impression, source = parse_impression(narrative["text"]) if usable else ("uncertain", None)
-    return {**base, "strategy": strategy, "model": args.model, "quantization": args.quantization,
-            "vlm_input": {"source": case["vlm_source"], "width": w, "height": h, "mode": case["vlm_image"].mode,
-                          "processor_size": dict(size) if size is not None else None},
-            "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
-                       for m in prompt],
-            "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
-            "degenerate": narrative["degenerate"],
-            "impression": impression, "label_source": source,
-            "audit": audit(narrative["text"], impression, case["classifier"]) if usable else {},
-            "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
-            "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
-
-
 def slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
-
-
-def markdown_report(case, records):
-    c = case["classifier"]
-    hits = c["neighbours"] or []
-    similar = ", ".join(f"{h['label']} ({h.get('distance', h.get('similarity')):.2f})" for h in hits) or "no index"
-    lines = [f"# Chest X-ray report: {case['name']}", "",
-             f"Ground truth: {case['label'] or 'unknown (user image)'}", "",
-             "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
-             f"| P(pneumonia) | {c['probability']:.3f} |",
-             f"| Decision at val threshold {c['threshold']:.3f} | **{c['prediction']}** |",
-             f"| Grad-CAM evidence (pneumonia) | {c['region']} |",
-             f"| Most similar archived cases (label, distance) | {similar} |", ""]
-    if c.get("flags"):
-        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c["flags"]) + ".", ""]
-    for r in records:
-        if r["narrative"] is None and r.get("note"):
-            lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]
-            continue
-        lines += [f"## Narrative: {r['strategy']} prompt ({r['model']}, {r['quantization']})", ""]
-        if r["degenerate"]:
-            lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
-            continue
-        lines += [r["narrative"], "", "| Classifier | VLM impression (read from) |", "|---|---|",
-                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} ({r['label_source']}) |", ""]
-        if r["audit"]:
-            lines += ["**Audit flags:** " + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()) + ".", ""]
-    lines.append("_Research output, not a diagnosis. Generated by task2/generate_reports.py._")
-    return "\n".join(lines) + "\n"
 
 
 def evaluate(args, records, strategies):

@@ -1,0 +1,105 @@
+"""One case, as every part of the project describes it: the classifier block (probability, decision at
+the stored threshold, Grad-CAM region, similar archived cases, input flags), the VLM's narrative with
+its reading and audit, and the Markdown report. task2/generate_reports.py and viewer/app.py both build
+their reports here.
+
+A case is a dict: name, label (None for a user's file), key ((split, index) or None), path (a user's
+file or None), small (uint8 at the classifier's size), and for the VLM vlm_image (PIL) and vlm_source.
+"""
+import numpy as np
+
+from .audit import audit
+from .explain import coarse_region
+from .impression import parse_impression
+from .retrieval import exclusions, search
+from .screening import screen_inputs
+from .vlm import build_messages, generate
+
+NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "distance", "similarity")
+
+
+def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
+    """Set case["classifier"] on every case; returns the input flags per case. `archive` is (index,
+    metadata) or None (no neighbours, no out-of-distribution check); `maps` are the pneumonia-class
+    Grad-CAM maps when the caller already has them."""
+    small = np.stack([c["small"] for c in cases])
+    keys = [c["key"] for c in cases]
+    probs = clf.predict_proba(small)
+    if maps is None:
+        maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
+    neighbours, vectors = [None] * len(cases), None
+    if archive is not None:
+        vectors = clf.embed(small)
+        if k:
+            neighbours = search(*archive, vectors, k, exclusions(archive[1], keys))
+    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, keys, vectors)
+    for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
+        case["classifier"] = {
+            "checkpoint_sha256": clf.sha256, "probability": round(float(prob), 4), "threshold": round(clf.threshold, 4),
+            "prediction": clf.label(prob), "region": coarse_region(cam), "flags": found,
+            "neighbours": [{f: h[f] for f in NEIGHBOUR_FIELDS if f in h} for h in hits] if hits else None}
+    return flags
+
+
+def narrate(vlm, batch, strategy, max_new_tokens):
+    """The VLM's outputs for a batch of cases (pneumo.vlm.generate), prompted with their classifier blocks."""
+    model, processor = vlm
+    conversations = [build_messages(strategy, case["vlm_image"], context(case)) for case in batch]
+    return generate(model, processor, conversations, max_new_tokens)
+
+
+def context(case):
+    c = case["classifier"]
+    return {"probability": c["probability"], "threshold": c["threshold"], "prediction": c["prediction"],
+            "region": c["region"], "neighbours": c["neighbours"]}
+
+
+def narrative_record(case, strategy, narrative, vlm, model_id, quantization):
+    """What a report keeps of one narrative: model, input, prompt, text, its reading and its audit."""
+    processor = vlm[1]
+    size = getattr(processor.image_processor, "size", None)
+    w, h = case["vlm_image"].size
+    prompt = build_messages(strategy, "<image>", context(case))
+    usable = narrative["degenerate"] is None
+    impression, source = parse_impression(narrative["text"]) if usable else ("uncertain", None)
+    return {"strategy": strategy, "model": model_id, "quantization": quantization,
+            "vlm_input": {"source": case["vlm_source"], "width": w, "height": h, "mode": case["vlm_image"].mode,
+                          "processor_size": dict(size) if size is not None else None},
+            "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
+                       for m in prompt],
+            "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
+            "degenerate": narrative["degenerate"],
+            "impression": impression, "label_source": source,
+            "audit": audit(narrative["text"], impression, case["classifier"]) if usable else {},
+            "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
+            "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
+
+
+def markdown_report(case, records, written_by):
+    """The case's report: classifier block, flags, then each narrative with its reading and audit flags."""
+    c = case["classifier"]
+    hits = c["neighbours"] or []
+    similar = ", ".join(f"{h['label']} ({h.get('distance', h.get('similarity')):.2f})" for h in hits) or "no index"
+    lines = [f"# Chest X-ray report: {case['name']}", "",
+             f"Ground truth: {case['label'] or 'unknown (user image)'}", "",
+             "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
+             f"| P(pneumonia) | {c['probability']:.3f} |",
+             f"| Decision at val threshold {c['threshold']:.3f} | **{c['prediction']}** |",
+             f"| Grad-CAM evidence (pneumonia) | {c['region']} |",
+             f"| Most similar archived cases (label, distance) | {similar} |", ""]
+    if c.get("flags"):
+        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c["flags"]) + ".", ""]
+    for r in records:
+        if r["narrative"] is None and r.get("note"):
+            lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]
+            continue
+        lines += [f"## Narrative: {r['strategy']} prompt ({r['model']}, {r['quantization']})", ""]
+        if r["degenerate"]:
+            lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
+            continue
+        lines += [r["narrative"], "", "| Classifier | VLM impression (read from) |", "|---|---|",
+                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} ({r['label_source']}) |", ""]
+        if r["audit"]:
+            lines += ["**Audit flags:** " + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()) + ".", ""]
+    lines.append(f"_Research output, not a diagnosis. Generated by {written_by}._")
+    return "\n".join(lines) + "\n"
