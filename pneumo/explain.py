@@ -75,7 +75,7 @@ def overlay(image_uint8, cam_map, size=DISPLAY_SIZE, strength=0.6):
     colour's opacity follows the map (up to `strength` at its peak), so where the map is cold the film
     shows through untouched and the anatomy under the hot spot stays readable."""
     from matplotlib import colormaps
-    img = torch.as_tensor(image_uint8, dtype=torch.float32)[None, None] / 255.0
+    img = torch.from_numpy(np.array(image_uint8, dtype=np.float32))[None, None] / 255.0  # a copy: inputs may be read-only
     big = torch.nn.functional.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)
     heat = torch.nn.functional.interpolate(torch.as_tensor(cam_map, dtype=torch.float32)[None, None],
                                            size=(size, size), mode="bilinear", align_corners=False)

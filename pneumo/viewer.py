@@ -1,0 +1,133 @@
+"""What the case viewer (viewer/app.py) knows about one chest X-ray, without any user interface: the
+classifier block, Grad-CAM for either class, the nearest archived cases with their films, the report,
+and the browsing of a dataset split with the filters a researcher wants. Every number comes from the
+same package code the scripts use (pneumo.cases, pneumo.classifier, pneumo.retrieval)."""
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .cases import add_classifier_blocks, markdown_report, narrate, narrative_record
+from .classifier import Classifier
+from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_image_file, load_split, read_picture
+from .explain import coarse_region, overlay
+from .model import EMBEDDING_DIM
+from .retrieval import load_index
+from .runtime import UserError
+
+WRITTEN_BY = "viewer/app.py"
+OUTCOMES = ("all", "correct", "incorrect")
+
+
+class CaseViewer:
+    def __init__(self, checkpoint, index, data_root, device="cpu", k=5, vlm=None, vlm_note=None, model_id=None,
+                 quantization="nf4"):
+        self.clf = Classifier.load(checkpoint, device)
+        self.data_root, self.k = data_root, k
+        self.archive, self.index_note = None, None
+        try:
+            self.archive = load_index(index, self.clf.sha256, EMBEDDING_DIM)
+        except UserError as err:  # the verdict and the map do not need the archive
+            self.index_note = f"no similar cases: {err}"
+        self.vlm, self.vlm_note, self.model_id, self.quantization = vlm, vlm_note, model_id, quantization
+        self._splits, self._probs = {}, {}
+
+    # ---- where cases come from -------------------------------------------------------------------
+    def split(self, name):
+        """(images, labels) of a dataset split at the classifier's size, read once."""
+        if name not in self._splits:
+            self._splits[name] = load_split(self.data_root, name, self.clf.image_size)
+        return self._splits[name]
+
+    def probabilities(self, name):
+        if name not in self._probs:
+            self._probs[name] = self.clf.predict_proba(self.split(name)[0])
+        return self._probs[name]
+
+    def dataset_case(self, split, index):
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        images, labels = self.split(split)
+        if index is None or float(index) != int(float(index)):
+            raise UserError(f"the index must be a whole number, not {index!r}")
+        index = check_indices([int(float(index))], len(labels), split)[0]
+        return {"name": f"{split} #{index}", "label": CLASS_NAMES[labels[index]], "key": (split, index),
+                "path": None, "small": images[index], "display": images[index]}
+
+    def file_case(self, path, name=None):
+        """A user's file (PNG, JPEG, DICOM, ...), named by its file name alone."""
+        small = load_image_file(path, self.clf.image_size)
+        display = read_picture(path)
+        display.thumbnail((512, 512))
+        return {"name": name or Path(path).name, "label": None, "key": None, "path": str(path), "small": small,
+                "display": np.asarray(display)}
+
+    def matching(self, split, truth="all", predicted="all", outcome="all", p_min=0.0, p_max=1.0):
+        """Indices of `split` whose true label, decision, correctness and P(pneumonia) pass the filters;
+        mistakes come most confident first (as evaluate.py's failure cases), the rest in index order."""
+        _, labels = self.split(split)
+        probs = self.probabilities(split)
+        decided = self.clf.decide(probs)
+        keep = (probs >= p_min) & (probs <= p_max)
+        if truth != "all":
+            keep &= labels == CLASS_NAMES.index(truth)
+        if predicted != "all":
+            keep &= decided == CLASS_NAMES.index(predicted)
+        if outcome != "all":
+            keep &= (decided == labels) == (outcome == "correct")
+        rows = np.flatnonzero(keep)
+        if outcome == "incorrect":
+            rows = rows[np.argsort(-np.abs(probs[rows] - self.clf.threshold), kind="stable")]
+        return [{"index": int(i), "label": CLASS_NAMES[labels[i]], "probability": float(probs[i]),
+                 "prediction": CLASS_NAMES[decided[i]]} for i in rows]
+
+    # ---- what is said about a case ---------------------------------------------------------------
+    def analyse(self, case):
+        """The case with its classifier block, Grad-CAM maps for both classes and neighbour films."""
+        maps, _ = self.clf.gradcam(np.stack([case["small"]] * 2), target_classes=[0, 1])
+        case["maps"] = {name: m for name, m in zip(CLASS_NAMES, maps)}
+        add_classifier_blocks(self.clf, [case], self.archive, self.k, maps=maps[1:])
+        case["neighbour_films"] = [self.split(h["split"])[0][h["index"]] for h in case["classifier"]["neighbours"] or []]
+        case["records"] = []
+        return case
+
+    def overlay(self, case, target="pneumonia", opacity=0.6):
+        return overlay(case["small"], case["maps"][target], strength=float(opacity))
+
+    def region(self, case, target="pneumonia"):
+        return coarse_region(case["maps"][target])
+
+    def narrate(self, case, strategy="context_aware", max_new_tokens=300):
+        """The VLM's narrative for the case, on request; a clear error when no VLM is loaded."""
+        if self.vlm is None:
+            raise UserError(self.vlm_note or "no VLM is loaded (start the viewer with --vlm auto on a GPU)")
+        case["vlm_image"], case["vlm_source"] = self.vlm_image(case)
+        narrative = narrate(self.vlm, [case], strategy, max_new_tokens)[0]
+        record = narrative_record(case, strategy, narrative, self.vlm, self.model_id, self.quantization)
+        case["records"] = [r for r in case["records"] if r["strategy"] != strategy] + [record]
+        return record
+
+    def vlm_image(self, case):
+        if case["path"]:
+            return read_picture(case["path"]).convert("RGB"), "file"
+        split, index = case["key"]
+        if data_file(self.data_root, 224).exists():  # MedMNIST+'s largest size, when it is on disk
+            images, labels = load_split(self.data_root, split, 224)
+            if CLASS_NAMES[labels[index]] == case["label"]:
+                return Image.fromarray(images[index]).convert("RGB"), "medmnist_224px"
+        return Image.fromarray(case["small"]).convert("RGB"), f"medmnist_{self.clf.image_size}px"
+
+    def report(self, case):
+        """(Markdown, JSON text) of the case's report: the same Markdown generate_reports writes."""
+        markdown = markdown_report(case, case["records"], WRITTEN_BY)
+        data = {"image": case["name"], "label": case["label"], "classifier": case["classifier"],
+                "narratives": case["records"], "index": self.index_summary()}
+        return markdown, json.dumps(data, indent=2, default=str)
+
+    def index_summary(self):
+        if self.archive is None:
+            return {"index": None, "note": self.index_note}
+        meta = self.archive[1]
+        return {"cases": len(meta["rows"]), "metric": meta["metric"], "index_sha256": meta["index_sha256"][:12],
+                "checkpoint_matches": meta["checkpoint_sha256"] == self.clf.sha256}

@@ -1,0 +1,243 @@
+"""A case viewer in the browser: one chest X-ray in; verdict, Grad-CAM, similar cases and report out.
+
+    python viewer/app.py                                  # http://127.0.0.1:7860, shipped checkpoint and index
+    python viewer/app.py --port 8000 --device cpu
+    python viewer/app.py --vlm auto --share               # on Colab: MedGemma narratives, a public link
+
+Pick a case by uploading a file (PNG, JPEG, DICOM) or by browsing a dataset split with filters (true
+label, decision, correct or not, probability range; mistakes most confident first). The page shows
+P(pneumonia) with the stored threshold and the decision, the film beside its Grad-CAM overlay (class
+and opacity), the region in the patient's terms, the nearest archived cases (click one to open it), and
+the report, downloadable as Markdown and JSON; with a VLM loaded, its narrative on request. Research use
+only, not a diagnosis. Every computation is pneumo's (pneumo/viewer.py); this file is the page.
+"""
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import CLASS_NAMES, SPLITS
+from pneumo.retrieval import DEFAULT_INDEX
+from pneumo.runtime import UserError, exit_on_user_error, resolve_device
+from pneumo.viewer import OUTCOMES, CaseViewer
+from pneumo.vlm import DEFAULT_VLM, load_vlm
+
+# Before gradio is imported (only inside the functions below): no analytics or version check, and
+# every upload and download in one temporary folder of our own, removed when the server stops.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+TEMP_ROOT = Path(tempfile.mkdtemp(prefix="pneumo-viewer-"))
+os.environ["GRADIO_TEMP_DIR"] = str(TEMP_ROOT)
+atexit.register(shutil.rmtree, TEMP_ROOT, ignore_errors=True)
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom"]
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    add_shared_flags(p, "checkpoint", "data_root", "k", "device")
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"Task 3 index or a run folder (default {DEFAULT_INDEX})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="a temporary public link through Gradio's tunnel (Colab)")
+    p.add_argument("--vlm", default="none", choices=["none", "auto"], help="auto: load --model for narratives (default none)")
+    p.add_argument("--model", default=DEFAULT_VLM, help=f"image-text-to-text model for --vlm auto (default {DEFAULT_VLM})")
+    p.add_argument("--quantization", default="nf4", choices=["nf4", "none"], help="nf4 = 4-bit on CUDA (default)")
+    return p.parse_args(argv)
+
+
+def make_viewer(args):
+    device = resolve_device(args.device)
+    vlm, note = None, "no VLM loaded (start the viewer with --vlm auto on a GPU for narratives)"
+    if args.vlm == "auto":
+        try:
+            vlm, note = load_vlm(args.model, args.quantization, device), None
+        except UserError as err:
+            note = f"no VLM: {err}"
+            print(f"note: {note}")
+    return CaseViewer(args.checkpoint, args.index, args.data_root, device, args.k, vlm, note, args.model, args.quantization)
+
+
+# ---- handlers: plain functions of the viewer and the page's values, tested without a browser ------
+def show(viewer, case, target="pneumonia", opacity=0.6):
+    """Everything the page shows for an analysed case, in the order of `outputs` below."""
+    c = case["classifier"]
+    verdict = [f"### P(pneumonia) = {c['probability']:.3f}",
+               f"Decision at the stored threshold {c['threshold']:.3f} (chosen on val): **{c['prediction']}**"
+               + (f" · truth: {case['label']}" if case["label"] else "")]
+    if c["flags"]:
+        verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c["flags"]))
+    gallery = [(film, f"{h['label']} · {h.get('distance', h.get('similarity')):.2f} · {h['split']} #{h['index']}")
+               for film, h in zip(case["neighbour_films"], c["neighbours"] or [])]
+    markdown, data = viewer.report(case)
+    folder = Path(tempfile.mkdtemp(dir=TEMP_ROOT))
+    stem = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case["name"])[:60]
+    (folder / f"{stem}_report.md").write_text(markdown)
+    (folder / f"{stem}_report.json").write_text(data)
+    return (case, f"Showing **{case['name']}**.", "\n\n".join(verdict), case["display"],
+            viewer.overlay(case, target, opacity), region_text(viewer, case, target),
+            gallery if gallery else None, markdown,
+            str(folder / f"{stem}_report.md"), str(folder / f"{stem}_report.json"))
+
+
+def region_text(viewer, case, target):
+    return f"Grad-CAM evidence for **{target}**: {viewer.region(case, target)}"
+
+
+def failed(message):
+    """The message, every other output left as it is: the page and the server carry on."""
+    import gradio as gr
+    return (gr.skip(), f"**Could not open this case:** {message}", *[gr.skip()] * 8)
+
+
+def open_upload(viewer, path, target="pneumonia", opacity=0.6):
+    if not path:
+        return failed("choose a file first")
+    try:
+        return show(viewer, viewer.analyse(viewer.file_case(path)), target, opacity)
+    except UserError as err:
+        return failed(str(err).replace(str(path), Path(path).name))
+    except Exception as err:  # anything a hostile file can raise: one message, the server keeps serving
+        return failed(f"{Path(path).name} could not be read ({type(err).__name__})")
+
+
+def open_dataset(viewer, split, index, target="pneumonia", opacity=0.6):
+    try:
+        return show(viewer, viewer.analyse(viewer.dataset_case(split, index)), target, opacity)
+    except UserError as err:
+        return failed(str(err))
+
+
+def open_neighbour(viewer, case, target, opacity, evt):
+    hits = (case or {}).get("classifier", {}).get("neighbours") or []
+    if evt is None or not 0 <= evt.index < len(hits):
+        return failed("no such similar case")
+    return open_dataset(viewer, hits[evt.index]["split"], hits[evt.index]["index"], target, opacity)
+
+
+def restyle(viewer, case, target, opacity):
+    import gradio as gr
+    if not case:
+        return gr.skip(), gr.skip()
+    return viewer.overlay(case, target, opacity), region_text(viewer, case, target)
+
+
+def refilter(viewer, split, truth, predicted, outcome, p_min, p_max):
+    import gradio as gr
+    try:
+        rows = viewer.matching(split, truth, predicted, outcome, min(p_min, p_max), max(p_min, p_max))
+    except UserError as err:
+        return gr.update(choices=[], value=None), f"**Could not browse:** {err}"
+    choices = [(f"#{r['index']} · truth {r['label']} · P = {r['probability']:.3f} · {r['prediction']}", r["index"])
+               for r in rows[:500]]
+    more = " (first 500 shown)" if len(rows) > 500 else ""
+    return gr.update(choices=choices, value=choices[0][1] if choices else None), f"{len(rows)} cases match{more}."
+
+
+def write_narrative(viewer, case):
+    import gradio as gr
+    if not case:
+        return gr.skip(), "**Open a case first.**", gr.skip(), gr.skip()
+    try:
+        viewer.narrate(case)
+    except UserError as err:
+        return gr.skip(), f"**No narrative:** {err}", gr.skip(), gr.skip()
+    out = show(viewer, case)
+    return case, "Narrative written.", out[7], out[9]
+
+
+def footer(viewer):
+    clf = viewer.clf
+    index = viewer.index_summary()
+    if index.get("cases"):
+        archive = (f"index: {index['cases']} archived cases ({index['metric']}, sha256 {index['index_sha256']}…), "
+                   f"built from this checkpoint: {'yes' if index['checkpoint_matches'] else 'NO'}")
+    else:
+        archive = index["note"]
+    return (f"Checkpoint `{Path(clf.meta['path']).name}` sha256 {clf.sha256[:12]}… · {archive} · "
+            f"{viewer.vlm_note or 'VLM: ' + str(viewer.model_id)}  \n**Research use only, not a diagnosis.**")
+
+
+# ---- the page ------------------------------------------------------------------------------------
+def build(viewer):
+    import gradio as gr
+    with gr.Blocks(title="PneumoniaMNIST case viewer") as demo:
+        gr.Markdown("# Chest X-ray case viewer\nOne film in: the classifier's verdict, its Grad-CAM evidence, "
+                    "the most similar archived cases and the report.")
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                with gr.Tab("Upload"):
+                    upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=UPLOAD_TYPES,
+                                     type="filepath", elem_id="upload")
+                    analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                with gr.Tab("Dataset", elem_id="dataset-tab"):
+                    split = gr.Radio(list(SPLITS), value="test", label="Split")
+                    with gr.Row():
+                        truth = gr.Dropdown(["all", *CLASS_NAMES], value="all", label="True label")
+                        predicted = gr.Dropdown(["all", *CLASS_NAMES], value="all", label="Decision")
+                        outcome = gr.Dropdown(list(OUTCOMES), value="all", label="Outcome")
+                    with gr.Row():
+                        p_min = gr.Slider(0, 1, value=0, step=0.01, label="P(pneumonia) from")
+                        p_max = gr.Slider(0, 1, value=1, step=0.01, label="to")
+                    count = gr.Markdown()
+                    matches = gr.Dropdown([], label="Matching cases", elem_id="matches")
+                    index = gr.Number(value=0, precision=0, label="Index", elem_id="index")
+                    open_case = gr.Button("Open case", variant="primary", elem_id="open-case")
+            with gr.Column(scale=2):
+                message = gr.Markdown(elem_id="message")
+                verdict = gr.Markdown(elem_id="verdict")
+                with gr.Row():
+                    film = gr.Image(label="Film", interactive=False, height=300)
+                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300)
+                with gr.Row():
+                    target = gr.Radio(list(CLASS_NAMES), value="pneumonia", label="Evidence for")
+                    opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
+                region = gr.Markdown(elem_id="region")
+                gallery = gr.Gallery(label="Most similar archived cases (click to open)", columns=5, height=200,
+                                     allow_preview=False, elem_id="neighbours")
+                with gr.Accordion("Report", open=True):
+                    narrative = gr.Button("Write the VLM narrative", elem_id="narrative")
+                    report = gr.Markdown(elem_id="report")
+                    with gr.Row():
+                        md_file = gr.DownloadButton("Download Markdown", elem_id="download-md")
+                        json_file = gr.DownloadButton("Download JSON", elem_id="download-json")
+        gr.Markdown(footer(viewer), elem_id="footer")
+
+        outputs = [state, message, verdict, film, heat, region, gallery, report, md_file, json_file]
+        analyse.click(lambda p, t, o: open_upload(viewer, p, t, o), [upload, target, opacity], outputs, api_name="analyse_upload")
+        open_case.click(lambda s, i, t, o: open_dataset(viewer, s, i, t, o), [split, index, target, opacity], outputs,
+                        api_name="open_dataset")
+        filters = [split, truth, predicted, outcome, p_min, p_max]
+        for control in filters:
+            control.change(lambda *v: refilter(viewer, *v), filters, [matches, count], api_name=False)
+        matches.change(lambda i: i if i is not None else gr.skip(), matches, index, api_name=False)
+
+        def on_select(case, t, o, evt: gr.SelectData):
+            return open_neighbour(viewer, case, t, o, evt)
+        gallery.select(on_select, [state, target, opacity], outputs, api_name=False)
+        for control in (target, opacity):
+            control.change(lambda c, t, o: restyle(viewer, c, t, o), [state, target, opacity], [heat, region], api_name=False)
+        narrative.click(lambda c: write_narrative(viewer, c), state, [state, message, report, json_file], api_name=False)
+        demo.load(lambda *v: refilter(viewer, *v), filters, [matches, count], api_name=False)
+    return demo
+
+
+def theme():
+    """Gradio's default look with the system's fonts: the default theme would fetch web fonts from outside."""
+    import gradio as gr
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def main(args):
+    viewer = make_viewer(args)
+    demo = build(viewer)
+    print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                  theme=theme(), show_error=False, quiet=False)
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())
