@@ -135,7 +135,7 @@ def load_image_file(path, size: int = 28) -> np.ndarray:
     left, top = (width - side) // 2, (height - side) // 2
     img = img.crop((left, top, left + side, top + side))
     img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable, unlike np.asarray of a PIL image
 
 
 def read_picture(path) -> Image.Image:
