@@ -14,6 +14,8 @@ only, not a diagnosis. Every computation is pneumo's (pneumo/viewer.py); this fi
 import atexit
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -233,7 +235,9 @@ def theme():
 def main(args):
     viewer = make_viewer(args)
     demo = build(viewer)
-    print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain kill also removes the temporary folder
+    print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it); uploads and downloads "
+          f"live in {TEMP_ROOT} until it stops", flush=True)
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                   theme=theme(), show_error=False, quiet=False)
 

@@ -1,0 +1,131 @@
+"""The case viewer end to end in a real headless Chromium (Debian's, driven by Playwright), against the
+app started on a free local port with the shipped checkpoint and index.
+
+VIEWER_SCREENSHOT=reports/figures/viewer.png pytest -m browser tests/test_viewer_browser.py  # the README's picture
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, SHARED_SAMPLES
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+QUIET = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def need_browser():
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = "no headless Chromium here (apt-get install -y chromium; scripts/test.sh does it as root)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "playwright is not installed (pip install -r requirements.txt)"
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true needs the browser test: {missing}")
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def server():
+    need_browser()
+    if not (REPO / "data" / "pneumoniamnist.npz").exists():
+        pytest.skip("dataset not set up in data/")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "viewer/app.py", "--port", str(port), "--device", "cpu"], cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the viewer did not start: {proc.stdout.read()[-2000:]}")
+            time.sleep(0.5)
+    yield url, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def upload_file(tmp_path_factory):
+    samples = sorted(SHARED_SAMPLES.glob("pneumonia/*.jpeg"))
+    if samples:
+        return samples[0]
+    path = tmp_path_factory.mktemp("film") / "film.png"
+    yy, xx = np.mgrid[0:400, 0:400]
+    Image.fromarray(np.uint8(120 + 60 * np.sin(xx / 25) * np.cos(yy / 31))).save(path)
+    return path
+
+
+def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    url, proc = server
+    outside = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.on("request", lambda r: None if r.url.startswith((url[:-1], "data:", "blob:")) else outside.append(r.url))
+        page.goto(url)
+
+        # a user's film: verdict, five neighbours, report
+        page.set_input_files("#upload input[type=file]", str(upload_file))
+        expect(page.locator(f"#upload a[href$='{upload_file.name}']")).to_have_count(1, timeout=20_000)  # uploaded
+        page.click("#analyse")
+        expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =", timeout=60_000)
+        assert re.search(r"P\(pneumonia\) = 0\.\d{3}", page.inner_text("#verdict"))
+        expect(page.locator("#neighbours img")).to_have_count(5)
+        expect(page.locator("#report")).to_contain_text(f"Chest X-ray report: {upload_file.name}")
+        expect(page.locator("#footer")).to_contain_text("Research use only, not a diagnosis")
+        screenshot = Path(os.environ.get("VIEWER_SCREENSHOT") or tmp_path / "viewer.png")
+        page.screenshot(path=str(screenshot), full_page=True)
+
+        # a dataset case through the Dataset tab
+        page.get_by_role("tab", name="Dataset").click()
+        page.locator("#index input").fill("0")
+        page.click("#open-case")
+        expect(page.locator("#message")).to_contain_text("Showing test #0", timeout=60_000)
+        expect(page.locator("#verdict")).to_contain_text("truth: pneumonia")
+
+        # a file that is not an image: a message in the page, and the server carries on
+        bad = tmp_path / "notes.png"
+        bad.write_text("this is not an X-ray")
+        page.get_by_role("tab", name="Upload").click()
+        page.locator("#upload button[aria-label='Clear']").click()
+        page.set_input_files("#upload input[type=file]", str(bad))
+        expect(page.locator("#upload a[href$='notes.png']")).to_have_count(1, timeout=20_000)
+        page.click("#analyse")
+        expect(page.locator("#message")).to_contain_text("Could not open this case", timeout=60_000)
+        expect(page.locator("#message")).to_contain_text("notes.png is not a readable image")
+        browser.close()
+    assert proc.poll() is None, "the server stopped"
+    assert not outside, f"the page called out: {outside[:5]}"
+    assert Image.open(screenshot).size[0] == 1400
+
+
+def test_stopping_the_server_removes_its_temporary_folder(server):
+    url, proc = server
+    urllib.request.urlopen(url, timeout=5)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    folder = re.search(r"live in (\S+) until it stops", out).group(1)
+    assert not Path(folder).exists()
