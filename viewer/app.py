@@ -226,12 +226,6 @@ def build(viewer):
     return demo
 
 
-def theme():
-    """Gradio's default look with the system's fonts: the default theme would fetch web fonts from outside."""
-    import gradio as gr
-    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-
-
 def main(args):
     viewer = make_viewer(args)
     demo = build(viewer)
@@ -239,7 +233,7 @@ def main(args):
     print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it); uploads and downloads "
           f"live in {TEMP_ROOT} until it stops", flush=True)
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                  theme=theme(), show_error=False, quiet=False)
+                                                  show_error=False, quiet=False)
 
 
 if __name__ == "__main__":
