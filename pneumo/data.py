@@ -2,6 +2,7 @@
 import hashlib
 import math
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -195,16 +196,17 @@ def read_dicom(path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     try:
-        ds = pydicom.dcmread(path)
-        if int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) > 2 * Image.MAX_IMAGE_PIXELS:
-            raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
-                            f"downscale it first")
-        values = ds.pixel_array
-    except UserError:
-        raise
+        with warnings.catch_warnings():  # pydicom warns about each oddity of a broken file; one error line says it
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            too_big = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) > 2 * Image.MAX_IMAGE_PIXELS
+            values = None if too_big else ds.pixel_array
     except Exception as err:  # a broken header, no pixel data, or a transfer syntax without its decoder
         raise UserError(f"{path} is a DICOM file whose pixels cannot be read ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
+    if values is None:
+        raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                        f"downscale it first")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or values.ndim != 2:
         raise UserError(f"{path}: a {photometric} DICOM with {values.ndim}-d pixels; a single-frame grayscale "

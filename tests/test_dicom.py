@@ -95,6 +95,16 @@ def test_a_corrupt_or_colour_dicom_is_one_clear_error(tmp_path, source):
     ds.save_as(no_pixels)
     with pytest.raises(UserError, match="cannot be read"):
         load_image_file(no_pixels)
+    bomb = pydicom.dcmread(write_dicom(tmp_path / "bomb.dcm", source.astype(np.uint16)))
+    bomb.Rows = bomb.Columns = 20000  # a header that promises 400 M pixels is refused before decoding
+    bomb.save_as(tmp_path / "bomb.dcm")
+    with pytest.raises(UserError, match="more pixels than is safe to open"):
+        load_image_file(tmp_path / "bomb.dcm")
+    frames = pydicom.dcmread(write_dicom(tmp_path / "frames.dcm", np.concatenate([source, source]).astype(np.uint16)))
+    frames.Rows, frames.NumberOfFrames = source.shape[0], 2
+    frames.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(UserError, match="single-frame grayscale radiograph"):
+        load_image_file(tmp_path / "frames.dcm")
 
 
 def test_scripts_take_dicom_files(tmp_path, source, trained_checkpoint):

@@ -129,3 +129,24 @@ def test_stopping_the_server_removes_its_temporary_folder(server):
     out, _ = proc.communicate(timeout=30)
     folder = re.search(r"live in (\S+) until it stops", out).group(1)
     assert not Path(folder).exists()
+
+
+@pytest.mark.slow
+def test_the_viewer_serves_with_the_network_off(upload_file):
+    """In a network namespace of its own (only loopback), the viewer starts and answers an upload: it
+    needs nothing from outside. Needs root and unshare; skipped elsewhere."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and ip to take the network away")
+    if not (REPO / "data" / "pneumoniamnist.npz").exists():
+        pytest.skip("dataset not set up in data/")
+    ask = ("from gradio_client import Client, handle_file; "
+           "c = Client('http://127.0.0.1:7870/', verbose=False, download_files=False); "
+           f"print(c.predict(handle_file({str(upload_file)!r}), 'pneumonia', 0.6, api_name='/analyse_upload')[1])")
+    script = (f"ip link set lo up; curl -s -m 3 https://pypi.org >/dev/null || echo 'network: off'; "
+              f"{sys.executable} viewer/app.py --port 7870 --device cpu >/dev/null 2>&1 & pid=$!; "
+              f"for i in $(seq 240); do curl -sf http://127.0.0.1:7870/ >/dev/null && break; sleep 0.5; done; "
+              f"{sys.executable} -c \"{ask}\"; kill $pid; wait $pid")
+    result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "network: off" in result.stdout, result.stdout + result.stderr
+    assert "P(pneumonia) = " in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
