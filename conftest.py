@@ -34,6 +34,20 @@ def synthetic_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sample_film(tmp_path_factory):
+    """A real full-size chest X-ray from ../shared/samples, or a synthetic film where shared/ is absent."""
+    samples = sorted(SHARED_SAMPLES.glob("pneumonia/*.jpeg"))
+    if samples:
+        return samples[0]
+    import numpy as np
+    from PIL import Image
+    path = tmp_path_factory.mktemp("film") / "film.png"
+    yy, xx = np.mgrid[0:400, 0:400]
+    Image.fromarray(np.uint8(120 + 60 * np.sin(xx / 25) * np.cos(yy / 31))).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_checkpoint(synthetic_root, tmp_path_factory):
     """A checkpoint trained by task1/train.py on the synthetic data (about 15 s on 2 cores)."""
     from task1 import train

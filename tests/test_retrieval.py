@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import error_line, files_under, run_cli
+from conftest import error_line, run_cli
 from pneumo.atomic import save_torch_atomic
 from pneumo.retrieval import average_precision_at, build_index, load_index, save_index, search
 from pneumo.runtime import UserError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, SHARED_SAMPLES, files_under
+from conftest import REPO, files_under
 from pneumo.classifier import Classifier
 from pneumo.data import load_image_file
 from pneumo.viewer import CaseViewer
@@ -22,16 +22,9 @@ def viewer():
     return CaseViewer(REPO / "models" / "task1_model.pth", REPO / "models" / "task3_index.faiss", DATA, "cpu")
 
 
-@pytest.fixture(scope="module")
-def film(tmp_path_factory):
-    """A real sample X-ray, or a synthetic film where ../shared is absent."""
-    samples = sorted(SHARED_SAMPLES.glob("pneumonia/*.jpeg"))
-    if samples:
-        return samples[0]
-    path = tmp_path_factory.mktemp("film") / "film.png"
-    yy, xx = np.mgrid[0:400, 0:400]
-    Image.fromarray(np.uint8(120 + 60 * np.sin(xx / 25) * np.cos(yy / 31))).save(path)
-    return path
+@pytest.fixture
+def film(sample_film):
+    return sample_film
 
 
 def project_files():

@@ -3,6 +3,7 @@ app started on a free local port with the shipped checkpoint and index.
 
 VIEWER_SCREENSHOT=reports/figures/viewer.png pytest -m browser tests/test_viewer_browser.py  # the README's picture
 """
+import importlib
 import os
 import re
 import shutil
@@ -13,11 +14,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, SHARED_SAMPLES
+from conftest import REPO
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,7 +31,7 @@ def need_browser():
         missing = "no headless Chromium here (apt-get install -y chromium; scripts/test.sh does it as root)"
     else:
         try:
-            import playwright.sync_api  # noqa: F401
+            importlib.import_module("playwright.sync_api")
         except ImportError:
             missing = "playwright is not installed (pip install -r requirements.txt)"
     if missing and os.environ.get("CI") == "true":
@@ -66,15 +66,9 @@ def server():
     proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def upload_file(tmp_path_factory):
-    samples = sorted(SHARED_SAMPLES.glob("pneumonia/*.jpeg"))
-    if samples:
-        return samples[0]
-    path = tmp_path_factory.mktemp("film") / "film.png"
-    yy, xx = np.mgrid[0:400, 0:400]
-    Image.fromarray(np.uint8(120 + 60 * np.sin(xx / 25) * np.cos(yy / 31))).save(path)
-    return path
+@pytest.fixture
+def upload_file(sample_film):
+    return sample_film
 
 
 def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
