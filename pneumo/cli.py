@@ -48,6 +48,12 @@ SHARED_FLAGS = {
                 help=f"run folder for results and figures/ (default {DEFAULT_RUN}, ignored by git)"),
     "device": dict(type=device_name, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps"),
     "seed": dict(type=int, default=0, help="random seed (default 0)"),
+    "backend": dict(default="faiss", choices=["faiss", "milvus"],
+                    help="where the case archive lives: faiss (default, the --index file) or milvus (--uri, --collection)"),
+    "uri": dict(default=str(DEFAULT_RUN / "task3_milvus.db"),
+                help=f"Milvus: a local file runs Milvus Lite embedded, http://host:19530 a Milvus server "
+                     f"(default {DEFAULT_RUN / 'task3_milvus.db'})"),
+    "collection": dict(default="task3_archive", help="Milvus collection of the archive (default task3_archive)"),
 }
 
 

@@ -13,7 +13,7 @@ from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_image_file, load_split, read_picture
 from .explain import coarse_region, overlay
 from .model import EMBEDDING_DIM
-from .retrieval import load_index
+from .retrieval import open_index
 from .runtime import UserError
 
 WRITTEN_BY = "viewer/app.py"
@@ -22,12 +22,12 @@ OUTCOMES = ("all", "correct", "incorrect")
 
 class CaseViewer:
     def __init__(self, checkpoint, index, data_root, device="cpu", k=5, vlm=None, vlm_note=None, model_id=None,
-                 quantization="nf4"):
+                 quantization="nf4", backend="faiss", uri=None, collection=None):
         self.clf = Classifier.load(checkpoint, device)
         self.data_root, self.k = data_root, k
         self.archive, self.index_note = None, None
         try:
-            self.archive = load_index(index, self.clf.sha256, EMBEDDING_DIM)
+            self.archive = open_index(backend, index, uri, collection, self.clf.sha256, EMBEDDING_DIM)
         except UserError as err:  # the verdict and the map do not need the archive
             self.index_note = f"no similar cases: {err}"
         self.vlm, self.vlm_note, self.model_id, self.quantization = vlm, vlm_note, model_id, quantization
@@ -129,5 +129,6 @@ class CaseViewer:
         if self.archive is None:
             return {"index": None, "note": self.index_note}
         meta = self.archive[1]
-        return {"cases": len(meta["rows"]), "metric": meta["metric"], "index_sha256": meta["index_sha256"][:12],
+        return {"cases": len(meta["rows"]), "metric": meta["metric"], "backend": meta["build"].get("backend", "faiss"),
+                "index_sha256": meta.get("index_sha256", "")[:12] or None,
                 "checkpoint_matches": meta["checkpoint_sha256"] == self.clf.sha256}

@@ -3,9 +3,12 @@
     python task3/build_index.py                                  # train + val, exact L2 (default)
     python task3/build_index.py --split train val test           # include test, as some setups do
     python task3/build_index.py --metric cosine --index_type hnsw --out /tmp/hnsw.faiss
+    python task3/build_index.py --backend milvus                # Milvus Lite, runs/default/task3_milvus.db
+    python task3/build_index.py --backend milvus --uri http://localhost:19530   # a Milvus server
 
 Writes <out> (FAISS index) and <out stem>.json (row -> split, index, label; metric; the checkpoint's
-SHA-256; build parameters), both atomically. Exact search suits archives up to about a million cases
+SHA-256; build parameters), both atomically; with --backend milvus, the collection --collection at --uri
+instead (the same vectors and metadata, built under a temporary name and swapped in when complete). Exact search suits archives up to about a million cases
 on one machine; see the README for when to pick HNSW or IVF.
 """
 import time
@@ -18,13 +21,15 @@ from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_i
 from pneumo.data import CLASS_NAMES, load_split
 from pneumo.retrieval import (DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index,
                               search)
+from pneumo.milvus_archive import building, connect
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
 from pneumo.screening import nearest_score, ood_reference, screen
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "size", "checkpoint", "split", "data_root", "out", "device", size=INFERENCE_SIZE,
+    add_shared_flags(p, "size", "checkpoint", "split", "data_root", "out", "device", "backend", "uri", "collection",
+                     size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})"),
                      split=dict(nargs="+", default=["train", "val"],
                                 help="splits in the archive (default train val; add test to index it too)"),
@@ -44,8 +49,11 @@ def parse_args(argv=None):
 
 
 def main(args):
-    check_writable(args.out, "file")
-    check_writable(meta_path(args.out), "file")
+    if args.backend == "faiss":
+        check_writable(args.out, "file")
+        check_writable(meta_path(args.out), "file")
+    else:
+        connect(args.uri, create=True)  # a wrong address fails here, before any embedding
     run = print_run_header("build_index", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
@@ -60,24 +68,35 @@ def main(args):
     vectors = np.concatenate(vectors)
     embed_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    index = build_index(vectors, args.index_type, args.metric, hnsw_m=args.hnsw_m, ef_search=args.ef_search,
-                        nlist=args.nlist, nprobe=args.nprobe)
     build = {"index_type": args.index_type, "splits": args.split, "dim": int(vectors.shape[1]),
-             "embed_seconds": round(embed_seconds, 2), "build_seconds": round(time.perf_counter() - start, 3)}
+             "embed_seconds": round(embed_seconds, 2)}
     if args.index_type == "hnsw":
         build.update(hnsw_m=args.hnsw_m, ef_search=args.ef_search)
-    if args.index_type == "ivf":
-        build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
     meta = {**run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "metric": args.metric,
             "image_size": clf.image_size, "build": build, "rows": rows}
-    meta["ood"] = val_reference(args, clf, index, meta, vectors, val_images if "val" in args.split else None)
-    save_index(index, meta, args.out)
+    if args.backend == "faiss":
+        index = build_index(vectors, args.index_type, args.metric, hnsw_m=args.hnsw_m, ef_search=args.ef_search,
+                            nlist=args.nlist, nprobe=args.nprobe)
+        if args.index_type == "ivf":
+            build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
+        build["build_seconds"] = round(time.perf_counter() - start, 3)
+        meta["ood"] = val_reference(args, clf, index, meta, vectors, val_images if "val" in args.split else None)
+        save_index(index, meta, args.out)
+        where = f"wrote {args.out} and {meta_path(args.out)}"
+    else:
+        with building(args.uri, args.collection, vectors, rows, args.index_type, args.metric, hnsw_m=args.hnsw_m,
+                      nlist=args.nlist, ef_search=args.ef_search, nprobe=args.nprobe) as index:
+            build.update({k: v for k, v in index.meta["build"].items() if k != "index_type"}, backend="milvus")
+            build["build_seconds"] = round(time.perf_counter() - start, 3)
+            meta["ood"] = val_reference(args, clf, index, meta, vectors, val_images if "val" in args.split else None)
+            index.finish({**meta, "ntotal": len(rows), "dim": int(vectors.shape[1])})
+        where = f"wrote collection {args.collection!r} at {args.uri}"
     print(f"out-of-distribution cut: nearest-case {args.metric} score {meta['ood']['threshold']:.3f} "
           f"({meta['ood']['percentile']:g}th percentile over {meta['ood']['n']} val images); val images flagged: "
           f"{100 * meta['ood']['val_flagged_share']:.1f} %")
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
-          f"wrote {args.out} and {meta_path(args.out)}")
+          f"{where}")
 
 
 def val_reference(args, clf, index, meta, vectors, val_images=None):

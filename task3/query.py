@@ -4,6 +4,7 @@
     python task3/query.py --split val --indices 12 --k 10
     python task3/query.py --images ../shared/samples/pneumonia/person3_virus_15.jpeg
     python task3/query.py --evaluate                           # precision@1/5/10, mAP@10, kNN accuracy
+    python task3/query.py --backend milvus --uri runs/default/task3_milvus.db    # the archive in Milvus Lite
 
 Prints a table per query and writes <out>/task3_query_results.json and the gallery
 <out>/figures/task3_visual_results.png; --evaluate writes <out>/task3_retrieval_eval.json and .md.
@@ -18,7 +19,7 @@ from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
 from pneumo.model import EMBEDDING_DIM
 from pneumo.plots import plot_panels
-from pneumo.retrieval import DEFAULT_INDEX, exclusions, load_index, retrieval_scores, search
+from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, open_index, retrieval_scores, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 from pneumo.screening import nearest_score, print_flags, screen
 
@@ -28,7 +29,7 @@ EVAL_KS = (1, 5, 10)
 def parse_args(argv=None):
     p = make_parser(__doc__)
     add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "k",
-                     "data_root", "out", "device", size=INFERENCE_SIZE,
+                     "data_root", "out", "device", "backend", "uri", "collection", size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier that embeds the query (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices and of --evaluate (default test)"),
                      k=dict(help="neighbours per query; with --evaluate, the kNN vote size (default 5)"))
@@ -48,7 +49,7 @@ def main(args):
     run = print_run_header("query", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
-    index, index_meta = load_index(args.index, clf.sha256, EMBEDDING_DIM)
+    index, index_meta = open_index(args.backend, args.index, args.uri, args.collection, clf.sha256, EMBEDDING_DIM)
     if args.evaluate:
         return evaluate(args, run, clf, index, index_meta)
 
@@ -62,7 +63,7 @@ def main(args):
         print_table(record, index_meta["metric"])
     print_flags(names, flags)
     write_json_atomic(args.out / "task3_query_results.json",
-                      {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index),
+                      {**run, "checkpoint_sha256": clf.sha256, "index": describe(args),
                        "metric": index_meta["metric"], "queries": records})
     figure = plot_gallery(args, images, records, index_meta, clf.image_size)
     print(f"wrote {args.out / 'task3_query_results.json'} and {figure}")
@@ -102,7 +103,7 @@ def evaluate(args, run, clf, index, index_meta):
     keys = [(args.split, i) for i in range(len(labels))]
     hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
     flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.get("ood"))]
-    result = {**run, "checkpoint_sha256": clf.sha256, "index": str(args.index), "metric": index_meta["metric"],
+    result = {**run, "checkpoint_sha256": clf.sha256, "index": describe(args), "metric": index_meta["metric"],
               "index_type": index_meta["build"]["index_type"], "archive": index_meta["build"]["splits"],
               "archive_size": index.ntotal, "split": args.split,
               "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k),

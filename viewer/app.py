@@ -3,6 +3,7 @@
     python viewer/app.py                                  # http://127.0.0.1:7860, shipped checkpoint and index
     python viewer/app.py --port 8000 --device cpu
     python viewer/app.py --vlm auto --share               # on Colab: MedGemma narratives, a public link
+    python viewer/app.py --backend milvus --uri runs/default/task3_milvus.db   # the archive in Milvus
 
 Pick a case by uploading a file (PNG, JPEG, DICOM) or by browsing a dataset split with filters (true
 label, decision, correct or not, probability range; mistakes most confident first). The page shows
@@ -38,7 +39,7 @@ UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "checkpoint", "data_root", "k", "device")
+    add_shared_flags(p, "checkpoint", "data_root", "k", "device", "backend", "uri", "collection")
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"Task 3 index or a run folder (default {DEFAULT_INDEX})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -58,7 +59,8 @@ def make_viewer(args):
         except UserError as err:
             note = f"no VLM: {err}"
             print(f"note: {note}")
-    return CaseViewer(args.checkpoint, args.index, args.data_root, device, args.k, vlm, note, args.model, args.quantization)
+    return CaseViewer(args.checkpoint, args.index, args.data_root, device, args.k, vlm, note, args.model, args.quantization,
+                      args.backend, args.uri, args.collection)
 
 
 # ---- handlers: plain functions of the viewer and the page's values, tested without a browser ------
@@ -153,7 +155,8 @@ def footer(viewer):
     clf = viewer.clf
     index = viewer.index_summary()
     if index.get("cases"):
-        archive = (f"index: {index['cases']} archived cases ({index['metric']}, sha256 {index['index_sha256']}…), "
+        digest = f", sha256 {index['index_sha256']}…" if index["index_sha256"] else ""
+        archive = (f"{index['backend']} index: {index['cases']} archived cases ({index['metric']}{digest}), "
                    f"built from this checkpoint: {'yes' if index['checkpoint_matches'] else 'NO'}")
     else:
         archive = index["note"]

@@ -1,0 +1,178 @@
+"""The case archive in Milvus: the same vectors, metadata and checks as the FAISS file, in a real
+vector engine. A local path as --uri runs Milvus Lite embedded (a real Milvus engine in-process); an
+http://host:19530 address talks to a Milvus standalone or cluster with the same code.
+
+Each entity holds its archive row (primary key), the 512-d vector, split, index and label; the
+collection's properties hold the metadata the FAISS sidecar holds (checkpoint SHA-256, metric, build
+parameters, the out-of-distribution reference). `MilvusIndex` answers `search(queries, k)` as a FAISS
+index does, so pneumo.retrieval.search, the screening and every script use it unchanged.
+
+Index types: flat -> FLAT (exact), hnsw -> HNSW (M, efConstruction; search ef), ivf -> IVF_FLAT
+(nlist; search nprobe). Metrics: l2 -> L2 (squared, as FAISS), cosine -> IP on unit vectors.
+"""
+import json
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from .retrieval import METRICS, default_nlist, prepare
+from .runtime import UserError
+
+DEFAULT_COLLECTION = "task3_archive"
+INSERT_BATCH = 5_000
+SEARCH_BATCH = 1_000
+_MILVUS_METRIC = {"l2": "L2", "cosine": "IP"}
+_MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
+
+
+def connect(uri, create=False):
+    """A MilvusClient for a local file (Milvus Lite; with `create`, its folder is made) or a server
+    address; one clear line when neither works."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise UserError("the milvus backend needs pymilvus and milvus-lite: pip install -r requirements.txt") from None
+    uri = str(uri)
+    if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+        folder = os.path.dirname(os.path.abspath(uri))
+        if create:
+            os.makedirs(folder, exist_ok=True)
+        if not os.path.isdir(folder):
+            raise UserError(f"--uri {uri}: folder {folder} does not exist")
+    try:
+        return MilvusClient(uri=uri)
+    except Exception as err:  # no server there, a file that is not a Milvus Lite database, no Lite wheel
+        raise UserError(f"cannot open Milvus at {uri} ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+
+
+def index_params(client, index_type, metric, n, hnsw_m=32, ef_construction=80, nlist=None):
+    params = {"hnsw": {"M": hnsw_m, "efConstruction": ef_construction},
+              "ivf": {"nlist": nlist or default_nlist(n)}}.get(index_type, {})
+    spec = client.prepare_index_params()
+    spec.add_index(field_name="vector", index_type=_MILVUS_INDEX[index_type], metric_type=_MILVUS_METRIC[metric],
+                   params=params)
+    return spec, params
+
+
+def search_params(meta):
+    build = meta["build"]
+    params = {"hnsw": {"ef": build.get("ef_search", 64)}, "ivf": {"nprobe": build.get("nprobe", 16)}}
+    return {"metric_type": _MILVUS_METRIC[meta["metric"]], "params": params.get(build["index_type"], {})}
+
+
+@contextmanager
+def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hnsw_m=32, ef_construction=80,
+             nlist=None, ef_search=64, nprobe=16, progress=True):
+    """Build the archive under a temporary name and yield a MilvusIndex over it; `finish(meta)` on the
+    yielded index stores the metadata and swaps it in under `collection`. An error or interruption
+    before that drops the temporary collection: queries see the old archive or none, never half of one."""
+    from pymilvus import DataType
+    from tqdm import tqdm
+    client = connect(uri, create=True)
+    vectors = prepare(vectors, metric)
+    temporary = f"{collection}__building_{os.getpid()}"
+    if client.has_collection(temporary):
+        client.drop_collection(temporary)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("row", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(vectors.shape[1]))
+    schema.add_field("split", DataType.VARCHAR, max_length=16)
+    schema.add_field("index", DataType.INT64)
+    schema.add_field("label", DataType.VARCHAR, max_length=32)
+    spec, params = index_params(client, index_type, metric, len(vectors), hnsw_m, ef_construction, nlist)
+    client.create_collection(temporary, schema=schema, index_params=spec)
+    finished = False
+    try:
+        for start in tqdm(range(0, len(vectors), INSERT_BATCH), desc=f"insert into Milvus {collection}",
+                          unit="batch", disable=not progress):
+            stop = min(start + INSERT_BATCH, len(vectors))
+            client.insert(temporary, [{"row": i, "vector": vectors[i], **rows[i]} for i in range(start, stop)])
+        client.flush(temporary)
+        client.load_collection(temporary)
+        searching = {"hnsw": {"ef_search": ef_search}, "ivf": {"nprobe": nprobe}}.get(index_type, {})
+        index = MilvusIndex(client, temporary, {"metric": metric, "build": {"index_type": index_type, **params, **searching}},
+                            int(vectors.shape[1]), len(vectors))
+
+        def finish(meta):
+            nonlocal finished
+            client.alter_collection_properties(temporary, {"meta": json.dumps({k: v for k, v in meta.items() if k != "rows"})})
+            old = f"{collection}__old_{os.getpid()}"
+            if client.has_collection(collection):
+                client.rename_collection(collection, old)
+            client.rename_collection(temporary, collection)
+            if client.has_collection(old):
+                client.drop_collection(old)
+            index.collection, finished = collection, True
+        index.finish = finish
+        yield index
+    finally:
+        if not finished and client.has_collection(temporary):
+            client.drop_collection(temporary)
+
+
+def load_milvus(uri, collection, checkpoint_sha256, dim=None):
+    """(MilvusIndex, metadata) with the checks load_index makes on a FAISS pair: present, metadata
+    readable, built from this checkpoint, of the classifier's dimension, every row there."""
+    client = connect(uri)
+    rebuild = f"rebuild it with `python task3/build_index.py --backend milvus --uri {uri}`"
+    if not client.has_collection(collection):
+        raise UserError(f"no collection {collection!r} at {uri}; {rebuild}")
+    info = client.describe_collection(collection)
+    try:
+        meta = json.loads(info.get("properties", {})["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise UserError(f"collection {collection!r} at {uri} carries no archive metadata (not built by this project); {rebuild}") from None
+    if meta.get("checkpoint_sha256") != checkpoint_sha256:
+        raise UserError(f"collection {collection!r} at {uri} was built from another checkpoint (sha256 "
+                        f"{str(meta.get('checkpoint_sha256'))[:12]}…, this one {checkpoint_sha256[:12]}…); {rebuild}")
+    field = next(f for f in info["fields"] if f["name"] == "vector")
+    collection_dim = int(field["params"]["dim"])
+    if dim is not None and collection_dim != dim:
+        raise UserError(f"collection {collection!r} holds {collection_dim}-d vectors but the classifier gives {dim}-d "
+                        f"embeddings; {rebuild}")
+    if meta.get("metric") not in METRICS:
+        raise UserError(f"collection {collection!r}: unknown metric {meta.get('metric')!r}; {rebuild}")
+    client.load_collection(collection)
+    rows = fetch_rows(client, collection)
+    if len(rows) != meta.get("ntotal", len(rows)):
+        raise UserError(f"collection {collection!r} holds {len(rows)} cases but was built with {meta['ntotal']}; {rebuild}")
+    meta["rows"] = rows
+    return MilvusIndex(client, collection, meta, collection_dim, len(rows)), meta
+
+
+def fetch_rows(client, collection, batch=16_384):
+    """[{split, index, label}] in row order: what the FAISS sidecar lists."""
+    found, start = {}, 0
+    while True:
+        part = client.query(collection, filter=f"row >= {start} and row < {start + batch}",
+                            output_fields=["row", "split", "index", "label"])
+        if not part and start >= len(found):
+            break
+        found.update({r["row"]: {"split": r["split"], "index": int(r["index"]), "label": r["label"]} for r in part})
+        start += batch
+    if sorted(found) != list(range(len(found))):
+        raise UserError(f"collection {collection!r} has gaps in its rows (an interrupted build?); rebuild it")
+    return [found[i] for i in range(len(found))]
+
+
+class MilvusIndex:
+    """Searches a Milvus collection the way a FAISS index is searched: (scores, rows) arrays, -1 where
+    fewer than k are found. Scores are squared L2 or inner product, as FAISS gives them."""
+
+    def __init__(self, client, collection, meta, dim, ntotal):
+        self.client, self.collection, self.meta, self.d, self.ntotal = client, collection, meta, dim, ntotal
+
+    def search(self, queries, k):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = np.full((len(queries), k), np.nan, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        params = search_params(self.meta)
+        for start in range(0, len(queries), SEARCH_BATCH):
+            batch = queries[start:start + SEARCH_BATCH]
+            hits = self.client.search(self.collection, data=list(batch), limit=k, output_fields=["row"],
+                                      search_params=params)
+            for i, found in enumerate(hits, start):
+                for j, hit in enumerate(found[:k]):
+                    rows[i, j], scores[i, j] = hit["row"], hit["distance"]  # the primary key, under its field name
+        return scores, rows

@@ -1,0 +1,124 @@
+"""The archive in Milvus (Milvus Lite, a real engine in-process) behind the same build_index / query:
+same neighbours as FAISS, the same refusals, and a build that is all or nothing."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import error_line, run_cli
+from pneumo.classifier import Classifier
+from pneumo.data import load_split
+from pneumo.model import EMBEDDING_DIM
+from pneumo.retrieval import open_index, search
+from pneumo.runtime import UserError
+
+pytest.importorskip("milvus_lite", reason="no Milvus Lite wheel for this platform (pip install milvus-lite)")
+from pneumo import milvus_archive  # noqa: E402
+from task3 import build_index, query  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def archives(trained_checkpoint, synthetic_root, tmp_path_factory):
+    """The synthetic archive built twice from the same checkpoint: a FAISS flat file and a Milvus collection."""
+    folder = tmp_path_factory.mktemp("archives")
+    common = ["--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root), "--device", "cpu"]
+    build_index.main(build_index.parse_args([*common, "--out", str(folder / "flat.faiss")]))
+    build_index.main(build_index.parse_args([*common, "--backend", "milvus", "--uri", str(folder / "lite.db")]))
+    return folder
+
+
+def neighbours(backend, folder, checkpoint, root, k=5, collection="task3_archive"):
+    clf = Classifier.load(checkpoint)
+    index, meta = open_index(backend, folder / "flat.faiss", str(folder / "lite.db"), collection, clf.sha256, EMBEDDING_DIM)
+    return search(index, meta, clf.embed(load_split(root, "test", 28)[0]), k), meta
+
+
+def agree(a, b, tolerance=1e-3):
+    """Same rows at every rank, except where two cases lie at the same distance (a tie) and swap."""
+    return all(x["row"] == y["row"] or abs(x["distance"] - y["distance"]) < tolerance for x, y in zip(a, b))
+
+
+def test_milvus_exact_search_gives_faiss_flats_neighbours(archives, trained_checkpoint, synthetic_root):
+    faiss_hits, faiss_meta = neighbours("faiss", archives, trained_checkpoint, synthetic_root)
+    milvus_hits, milvus_meta = neighbours("milvus", archives, trained_checkpoint, synthetic_root)
+    assert len(milvus_hits) == 96 and all(len(h) == 5 for h in milvus_hits)
+    assert all(agree(a, b) for a, b in zip(faiss_hits, milvus_hits))
+    assert np.allclose([h["distance"] for q in faiss_hits for h in q], [h["distance"] for q in milvus_hits for h in q], atol=1e-3)
+    assert milvus_meta["rows"] == faiss_meta["rows"] and milvus_meta["checkpoint_sha256"] == faiss_meta["checkpoint_sha256"]
+    assert milvus_meta["ood"]["threshold"] == pytest.approx(faiss_meta["ood"]["threshold"], abs=1e-3)
+    assert milvus_meta["build"]["backend"] == "milvus" and milvus_meta["build"]["index_type"] == "flat"
+
+
+def test_query_script_runs_on_milvus(archives, trained_checkpoint, synthetic_root, tmp_path):
+    common = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--out", tmp_path]
+    result = run_cli(query, *common, "--backend", "milvus", "--uri", archives / "lite.db", "--evaluate")
+    assert result.returncode == 0, error_line(result)
+    milvus = json.loads((tmp_path / "task3_retrieval_eval.json").read_text())
+    assert run_cli(query, *common, "--index", archives / "flat.faiss", "--evaluate").returncode == 0
+    faiss = json.loads((tmp_path / "task3_retrieval_eval.json").read_text())
+    assert milvus["index"].startswith("milvus ") and milvus["archive_size"] == faiss["archive_size"] == 352
+    assert {k: v for k, v in milvus.items() if k.startswith("test")} == {k: v for k, v in faiss.items() if k.startswith("test")}
+
+
+def test_a_collection_from_another_checkpoint_or_absent_is_refused(archives, synthetic_root, tmp_path):
+    other = Classifier.load("models/task1_model.pth")
+    with pytest.raises(UserError, match="built from another checkpoint"):
+        milvus_archive.load_milvus(str(archives / "lite.db"), "task3_archive", other.sha256, EMBEDDING_DIM)
+    with pytest.raises(UserError, match="no collection 'elsewhere'"):
+        milvus_archive.load_milvus(str(archives / "lite.db"), "elsewhere", other.sha256, EMBEDDING_DIM)
+    result = run_cli(query, "--backend", "milvus", "--uri", archives / "lite.db", "--data_root", synthetic_root,
+                     "--out", tmp_path)
+    assert result.returncode == 1 and "built from another checkpoint" in error_line(result)
+    missing = run_cli(query, "--backend", "milvus", "--uri", tmp_path / "no" / "where.db", "--out", tmp_path)
+    assert missing.returncode == 1 and "does not exist" in error_line(missing)
+
+
+def test_an_interrupted_build_leaves_the_old_collection(archives, trained_checkpoint, synthetic_root, monkeypatch):
+    uri = str(archives / "lite.db")
+    client = milvus_archive.connect(uri)
+    before = client.describe_collection("task3_archive")["properties"]["meta"]
+    calls = []
+    real_insert = client.insert
+
+    def insert_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl+C half-way
+        return real_insert(*args, **kwargs)
+    monkeypatch.setattr(milvus_archive, "INSERT_BATCH", 100)
+    monkeypatch.setattr(milvus_archive, "connect", lambda uri, create=False: client)
+    monkeypatch.setattr(client, "insert", insert_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        build_index.main(build_index.parse_args(["--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root),
+                                                 "--backend", "milvus", "--uri", uri, "--device", "cpu"]))
+    assert calls == [1, 1]
+    assert client.list_collections() == ["task3_archive"]  # no half-built collection left behind
+    assert client.describe_collection("task3_archive")["properties"]["meta"] == before
+    assert client.get_collection_stats("task3_archive")["row_count"] == 352
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_approximate_milvus_indexes_find_the_exact_neighbours(index_type, trained_checkpoint, synthetic_root, tmp_path):
+    clf = Classifier.load(trained_checkpoint)
+    vectors = clf.embed(load_split(synthetic_root, "train", 28)[0])
+    rows = [{"split": "train", "index": i, "label": "normal"} for i in range(len(vectors))]
+    with milvus_archive.building(str(tmp_path / "a.db"), "approx", vectors, rows, index_type, nlist=8, nprobe=8,
+                                 progress=False) as index:
+        _, found = index.search(vectors[:50], 5)
+    with milvus_archive.building(str(tmp_path / "a.db"), "exact", vectors, rows, "flat", progress=False) as index:
+        _, exact = index.search(vectors[:50], 5)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, exact)])
+    assert recall >= 0.9
+    assert milvus_archive.connect(str(tmp_path / "a.db")).list_collections() == []  # never finished: dropped
+
+
+def test_the_case_viewer_reads_the_archive_from_milvus(archives, trained_checkpoint, synthetic_root):
+    from pneumo.viewer import CaseViewer
+    from viewer import app
+    on_faiss = CaseViewer(trained_checkpoint, archives / "flat.faiss", synthetic_root, "cpu")
+    on_milvus = CaseViewer(trained_checkpoint, None, synthetic_root, "cpu", backend="milvus",
+                           uri=str(archives / "lite.db"), collection="task3_archive")
+    a = on_faiss.analyse(on_faiss.dataset_case("test", 3))["classifier"]["neighbours"]
+    b = on_milvus.analyse(on_milvus.dataset_case("test", 3))["classifier"]["neighbours"]
+    assert [h["index"] for h in a] == [h["index"] for h in b]
+    assert "milvus index: 352 archived cases" in app.footer(on_milvus) and "built from this checkpoint: yes" in app.footer(on_milvus)
