@@ -21,9 +21,9 @@ import faiss
 import numpy as np
 import psutil
 
-from pneumo.retrieval import DEFAULT_INDEX, build_index, default_nlist
+from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist, in_chunks
 from pneumo.atomic import write_json_atomic, write_text_atomic
-from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header
+from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header
 
 DIM = 512
 TARGET = {"recall@10": 0.95, "speedup": 20.0, "n": 1_000_000}  # the issue's target at 1M vectors
@@ -54,7 +54,7 @@ def parse_args(argv=None):
 def main(args):
     run = print_run_header("benchmark_task3", args)
     rng = np.random.default_rng(args.seed)
-    sample = archive_sampler(args.index, rng) if args.data == "archive" else mixture_sampler(rng)
+    sample = archive_sampler(args.index, rng, DIM) if args.data == "archive" else mixture_sampler(rng)
     queries = sample(args.queries)
     rows = []
     for n in args.sizes:
@@ -90,37 +90,9 @@ def main(args):
     print(markdown(result))
 
 
-def archive_sampler(index_path, rng):
-    """Draws from N(mean, covariance) of the real archive's embeddings, 100k rows at a time."""
-    if not Path(index_path).is_file():
-        raise UserError(f"{index_path} not found: build the real archive with `python task3/build_index.py`, "
-                        f"or use --data mixture")
-    try:
-        index = faiss.read_index(str(index_path))
-    except RuntimeError:
-        raise UserError(f"{index_path} is not a readable FAISS index; rebuild it with `python task3/build_index.py`") from None
-    real = index.reconstruct_n(0, index.ntotal).astype(np.float64)
-    if real.shape[1] != DIM:
-        raise UserError(f"{index_path} holds {real.shape[1]}-d vectors; this benchmark is for {DIM}-d embeddings")
-    mean = real.mean(0)
-    eigvals, eigvecs = np.linalg.eigh(np.cov(real, rowvar=False))
-    root = eigvecs * np.sqrt(np.clip(eigvals, 0, None))  # covariance = root @ root.T
-    return in_chunks(lambda m: mean + rng.standard_normal((m, DIM)) @ root.T)
-
-
 def mixture_sampler(rng):
     centres = rng.standard_normal((2000, DIM)).astype(np.float32)
     return in_chunks(lambda m: centres[rng.integers(0, len(centres), m)] + 0.35 * rng.standard_normal((m, DIM), np.float32))
-
-
-def in_chunks(draw, chunk=100_000):
-    """sample(n): n float32 rows from draw(m), m <= chunk rows at a time to bound temporary memory."""
-    def sample(n):
-        out = np.empty((n, DIM), np.float32)
-        for start in range(0, n, chunk):
-            out[start:start + min(chunk, n - start)] = draw(min(chunk, n - start))
-        return out
-    return sample
 
 
 def index_plan(n, args):

@@ -37,7 +37,10 @@ def connect(uri, create=False):
     if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
         folder = os.path.dirname(os.path.abspath(uri))
         if create:
-            os.makedirs(folder, exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"--uri {uri}: cannot create folder {folder} ({err.strerror})") from None
         if not os.path.isdir(folder):
             raise UserError(f"--uri {uri}: folder {folder} does not exist")
     try:

@@ -89,9 +89,14 @@ def task3_context(results: Path, models: Path) -> dict:
     pick = {n: {"hnsw": by.get((n, "hnsw hnsw_m=32 ef_search=64")),
                 "ivf": next((r for r in rows if r["n"] == n and r["index"].startswith("ivf") and r["index"].endswith("nprobe=16")), None)}
             for n in sizes}
+    backends = read_json(first_existing("benchmark_task3_backends.json", results, PUBLISHED))
     return {"evaluation": evaluation, "queries": read_json(results / "task3_query_results.json"),
             "scale": scale, "rows": rows, "flat": flat, "met": met, "clf": classification, "sizes": sizes, "pick": pick,
-            "scale_file": first_existing("benchmark_task3.md", results, PUBLISHED)}
+            "scale_file": first_existing("benchmark_task3.md", results, PUBLISHED),
+            "agreement": read_json(first_existing("task3_backend_agreement.json", results, PUBLISHED)),
+            "backends": {(r["n"], r["backend"], r["index"].split()[0]): r for r in backends["rows"]},
+            "backend_sizes": sorted({r["n"] for r in backends["rows"]}),
+            "backends_file": first_existing("benchmark_task3_backends.md", results, PUBLISHED)}
 
 
 def render_texts(results, models=None, out=None) -> dict:

@@ -173,3 +173,33 @@ def retrieval_scores(hits, query_labels, class_names, ks=(1, 5, 10), vote_k=5) -
                 "map@10": float(average_precision_at(relevant[m], 10).mean()),
                 f"knn{vote_k}_accuracy": float((vote_pred[m] == query_labels[m]).mean()), "n": int(m.sum())}
             for g, m in groups.items()}
+
+
+# ---- synthetic archives for the benchmarks ----------------------------------------------------------
+def archive_sampler(index_path, rng, dim=512):
+    """sample(n): n synthetic embeddings drawn from N(mean, covariance) of a real archive's (a FAISS file),
+    100k rows at a time: archives of any size with the spread and spectrum of the classifier's features."""
+    if not Path(index_path).is_file():
+        raise UserError(f"{index_path} not found: build the real archive with `python task3/build_index.py`, "
+                        f"or use --data mixture")
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError:
+        raise UserError(f"{index_path} is not a readable FAISS index; rebuild it with `python task3/build_index.py`") from None
+    real = index.reconstruct_n(0, index.ntotal).astype(np.float64)
+    if real.shape[1] != dim:
+        raise UserError(f"{index_path} holds {real.shape[1]}-d vectors; this benchmark is for {dim}-d embeddings")
+    mean = real.mean(0)
+    eigvals, eigvecs = np.linalg.eigh(np.cov(real, rowvar=False))
+    root = eigvecs * np.sqrt(np.clip(eigvals, 0, None))  # covariance = root @ root.T
+    return in_chunks(lambda m: mean + rng.standard_normal((m, dim)) @ root.T, dim=dim)
+
+
+def in_chunks(draw, chunk=100_000, dim=512):
+    """sample(n): n float32 rows from draw(m), m <= chunk rows at a time to bound temporary memory."""
+    def sample(n):
+        out = np.empty((n, dim), np.float32)
+        for start in range(0, n, chunk):
+            out[start:start + min(chunk, n - start)] = draw(min(chunk, n - start))
+        return out
+    return sample

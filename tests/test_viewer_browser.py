@@ -116,6 +116,15 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
     assert Image.open(screenshot).size[0] == 1400
 
 
+def test_the_server_serves_no_file_outside_its_own(server):
+    import urllib.error
+    url, _ = server
+    for path in ("/etc/passwd", REPO / "models" / "task1_model.pth", REPO / "viewer" / "app.py"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=5)
+        assert refused.value.code in (403, 404), path
+
+
 def test_stopping_the_server_removes_its_temporary_folder(server):
     url, proc = server
     urllib.request.urlopen(url, timeout=5)

@@ -1,0 +1,58 @@
+"""Do the FAISS file and the Milvus collection give the same neighbours? Every query of a split, top k.
+
+    python task3/build_index.py --backend milvus --uri runs/default/task3_milvus.db   # first, the collection
+    python benchmarks/task3_agreement.py                      # against the shipped FAISS index; --out reports publishes
+
+Counts the queries whose top-k rows are identical, and for the others whether the rows that differ lie
+at the same distance (a tie, which either engine may order its own way) or not (a real disagreement).
+Writes <out>/task3_backend_agreement.json.
+"""
+from pathlib import Path
+
+from pneumo.atomic import check_writable, write_json_atomic
+from pneumo.classifier import Classifier
+from pneumo.cli import add_shared_flags, make_parser
+from pneumo.data import load_split
+from pneumo.model import EMBEDDING_DIM
+from pneumo.retrieval import DEFAULT_INDEX, open_index, search
+from pneumo.runtime import exit_on_user_error, resolve_device
+
+TIE = 1e-3  # distances closer than this are the same distance in float32 arithmetic
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    add_shared_flags(p, "checkpoint", "data_root", "split", "k", "device", "uri", "collection", "out")
+    p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"FAISS index (default {DEFAULT_INDEX})")
+    return p.parse_args(argv)
+
+
+def main(args):
+    check_writable(args.out)
+    clf = Classifier.load(args.checkpoint, resolve_device(args.device))
+    vectors = clf.embed(load_split(args.data_root, args.split, clf.image_size)[0])
+    faiss_hits = search(*open_index("faiss", args.index, None, None, clf.sha256, EMBEDDING_DIM), vectors, args.k)
+    milvus_hits = search(*open_index("milvus", None, args.uri, args.collection, clf.sha256, EMBEDDING_DIM), vectors, args.k)
+    identical, ties, disagreements = 0, [], []
+    for query, (a, b) in enumerate(zip(faiss_hits, milvus_hits)):
+        if [h["row"] for h in a] == [h["row"] for h in b]:
+            identical += 1
+            continue
+        differing = [(x, y) for x, y in zip(a, b) if x["row"] != y["row"]]
+        case = {"query": query, "faiss": [h["row"] for h in a], "milvus": [h["row"] for h in b],
+                "distances": [[round(x["distance"], 5), round(y["distance"], 5)] for x, y in differing]}
+        (ties if all(abs(x["distance"] - y["distance"]) < TIE for x, y in differing) else disagreements).append(case)
+    result = {"split": args.split, "k": args.k, "queries": len(faiss_hits), "identical": identical,
+              "differ_by_ties_only": len(ties), "disagree": len(disagreements), "ties": ties,
+              "disagreements": disagreements, "faiss": str(args.index), "milvus": f"{args.uri} ({args.collection})"}
+    write_json_atomic(args.out / "task3_backend_agreement.json", result)
+    print(f"{args.split}: {identical} of {len(faiss_hits)} top-{args.k} lists identical, {len(ties)} differ by ties "
+          f"only, {len(disagreements)} disagree")
+    for case in ties + disagreements:
+        print(f"  query {case['query']}: faiss {case['faiss']} milvus {case['milvus']} distances {case['distances']}")
+    return result
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(parse_args())
