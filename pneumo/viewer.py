@@ -34,11 +34,12 @@ class CaseViewer:
         self._splits, self._probs = {}, {}
 
     # ---- where cases come from -------------------------------------------------------------------
-    def split(self, name):
-        """(images, labels) of a dataset split at the classifier's size, read once."""
-        if name not in self._splits:
-            self._splits[name] = load_split(self.data_root, name, self.clf.image_size)
-        return self._splits[name]
+    def split(self, name, size=None):
+        """(images, labels) of a dataset split at the classifier's size (or `size`), read once."""
+        size = size or self.clf.image_size
+        if (name, size) not in self._splits:
+            self._splits[name, size] = load_split(self.data_root, name, size)
+        return self._splits[name, size]
 
     def probabilities(self, name):
         if name not in self._probs:
@@ -113,7 +114,7 @@ class CaseViewer:
             return read_picture(case["path"]).convert("RGB"), "file"
         split, index = case["key"]
         if data_file(self.data_root, 224).exists():  # MedMNIST+'s largest size, when it is on disk
-            images, labels = load_split(self.data_root, split, 224)
+            images, labels = self.split(split, 224)
             if CLASS_NAMES[labels[index]] == case["label"]:
                 return Image.fromarray(images[index]).convert("RGB"), "medmnist_224px"
         return Image.fromarray(case["small"]).convert("RGB"), f"medmnist_{self.clf.image_size}px"
