@@ -136,8 +136,9 @@ def test_with_a_vlm_the_narrative_joins_the_report(tmp_path, film):
     case = shown(app.open_upload(with_vlm, str(film)))["state"]
     record = with_vlm.narrate(case, max_new_tokens=3)
     assert record["vlm_input"]["source"] == "file" and record["label_source"] == "fallback"
-    _, message, report, json_file = app.write_narrative(with_vlm, case)
+    _, message, report, md_file, json_file = app.write_narrative(with_vlm, case)
     assert message == "Narrative written." and "## Narrative: context_aware prompt" in report
+    assert open(md_file).read() == report  # the Markdown download carries the narrative too
     assert '"narratives"' in open(json_file).read()
 
 

@@ -74,15 +74,20 @@ def show(viewer, case, target="pneumonia", opacity=0.6):
         verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c["flags"]))
     gallery = [(film, f"{h['label']} · {h.get('distance', h.get('similarity')):.2f} · {h['split']} #{h['index']}")
                for film, h in zip(case["neighbour_films"], c["neighbours"] or [])]
+    return (case, f"Showing **{case['name']}**.", "\n\n".join(verdict), case["display"],
+            viewer.overlay(case, target, opacity), region_text(viewer, case, target),
+            gallery if gallery else None, *report_files(viewer, case))
+
+
+def report_files(viewer, case):
+    """The case's report as Markdown text, and the paths of its Markdown and JSON downloads (in the
+    server's temporary folder)."""
     markdown, data = viewer.report(case)
     folder = Path(tempfile.mkdtemp(dir=TEMP_ROOT))
     stem = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case["name"])[:60]
     (folder / f"{stem}_report.md").write_text(markdown)
     (folder / f"{stem}_report.json").write_text(data)
-    return (case, f"Showing **{case['name']}**.", "\n\n".join(verdict), case["display"],
-            viewer.overlay(case, target, opacity), region_text(viewer, case, target),
-            gallery if gallery else None, markdown,
-            str(folder / f"{stem}_report.md"), str(folder / f"{stem}_report.json"))
+    return markdown, str(folder / f"{stem}_report.md"), str(folder / f"{stem}_report.json")
 
 
 def region_text(viewer, case, target):
@@ -142,13 +147,12 @@ def refilter(viewer, split, truth, predicted, outcome, p_min, p_max):
 def write_narrative(viewer, case):
     import gradio as gr
     if not case:
-        return gr.skip(), "**Open a case first.**", gr.skip(), gr.skip()
+        return gr.skip(), "**Open a case first.**", gr.skip(), gr.skip(), gr.skip()
     try:
         viewer.narrate(case)
     except UserError as err:
-        return gr.skip(), f"**No narrative:** {err}", gr.skip(), gr.skip()
-    out = show(viewer, case)
-    return case, "Narrative written.", out[7], out[9]
+        return gr.skip(), f"**No narrative:** {err}", gr.skip(), gr.skip(), gr.skip()
+    return (case, "Narrative written.", *report_files(viewer, case))
 
 
 def footer(viewer):
@@ -224,7 +228,8 @@ def build(viewer):
         gallery.select(on_select, [state, target, opacity], outputs, api_name=False)
         for control in (target, opacity):
             control.change(lambda c, t, o: restyle(viewer, c, t, o), [state, target, opacity], [heat, region], api_name=False)
-        narrative.click(lambda c: write_narrative(viewer, c), state, [state, message, report, json_file], api_name=False)
+        narrative.click(lambda c: write_narrative(viewer, c), state, [state, message, report, md_file, json_file],
+                        api_name=False)
         demo.load(lambda *v: refilter(viewer, *v), filters, [matches, count], api_name=False)
     return demo
 
