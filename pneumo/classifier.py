@@ -7,6 +7,7 @@ from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import CLASS_NAMES
 from .explain import DEFAULT_LAYER, gradcam_maps
 from .inference import embed_images, predict_proba
+from .metrics import decide
 from .runtime import UserError
 
 
@@ -54,7 +55,7 @@ class Classifier:
 
     def decide(self, probs) -> np.ndarray:
         """Class index per probability: pneumonia strictly above the stored threshold (medmnist's rule)."""
-        return (np.asarray(probs) > self.threshold).astype(int)
+        return decide(probs, self.threshold)
 
     def label(self, prob: float) -> str:
         return CLASS_NAMES[int(self.decide([prob])[0])]

@@ -4,12 +4,18 @@ from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 
+def decide(probs, threshold: float):
+    """The one decision rule: pneumonia (1) where P(pneumonia) is strictly above the threshold
+    (medmnist's rule), normal (0) elsewhere. Works on any array shape."""
+    return (np.asarray(probs, dtype=float) > threshold).astype(int)
+
+
 def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
     """Threshold-free (AUC, PR AUC) and thresholded metrics of P(pneumonia) against 0/1 labels.
     Pneumonia is predicted when the probability is strictly above the threshold (medmnist's rule)."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
-    preds = (probs > threshold).astype(int)
+    preds = decide(probs, threshold)
     tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
     both = len(np.unique(labels)) == 2
     return {
@@ -69,7 +75,7 @@ def with_bootstrap(labels, probs, thresholds, n_resamples=1000, seed=0) -> list:
         auc, pr_auc = rank_metrics_rows(flat_y, flat_p)
         rows = []
         for threshold in thresholds:
-            pred, pos = flat_p > threshold, flat_y == 1
+            pred, pos = decide(flat_p, threshold).astype(bool), flat_y == 1
             tp, fp = (pred & pos).sum(1), (pred & ~pos).sum(1)
             fn, tn = (~pred & pos).sum(1), (~pred & ~pos).sum(1)
             rows += [(tp + tn) / flat_y.shape[1], _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp),

@@ -7,6 +7,7 @@ import numpy as np
 from .atomic import save_figure_atomic
 from .data import CLASS_NAMES
 from .explain import DELETION_FRACTIONS, overlay
+from .metrics import decide
 
 
 def _pyplot():
@@ -74,7 +75,7 @@ def plot_confusion(labels, probs, threshold, path, split="test"):
     from sklearn.metrics import ConfusionMatrixDisplay
     fig, axes = _figure(2)
     for ax, thr, name in ((axes[0], 0.5, "threshold 0.5"), (axes[1], threshold, f"val-chosen threshold {threshold:.3f}")):
-        ConfusionMatrixDisplay.from_predictions(labels, (np.asarray(probs) > thr).astype(int),
+        ConfusionMatrixDisplay.from_predictions(labels, decide(probs, thr),
                                                 display_labels=CLASS_NAMES, cmap="Blues", colorbar=False, ax=ax)
         ax.set_title(name)
     fig.suptitle(f"confusion matrices, {split} split (n = {len(labels)})")

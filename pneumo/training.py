@@ -18,7 +18,7 @@ from .runtime import UserError, resolve_device
 
 # Flags that change the result; a resumed run must use the same ones.
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-                "class_weight", "aug_border", "ema_decay", "seed", "size", "amp")
+                "class_weight", "aug_border", "ema_decay", "bn_stats", "seed", "size", "amp")
 
 
 def setup_distributed(device_name):
@@ -102,6 +102,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
         total += loss.item() * len(y)
         count += len(y)
     return total / count
+
+
+def recompute_bn_statistics(model, images, device, batch_size=256):
+    """BatchNorm running statistics recomputed as a plain average over one pass of the un-augmented
+    images (torch.optim.swa_utils.update_bn), in place. The running averages kept during training lag
+    behind weights that are still moving (and the weight average mixes statistics of several weights); on
+    small runs that lag shifts every logit at evaluation time, while the ranking stays right."""
+    batches = (normalize(torch.from_numpy(images[i:i + batch_size])).to(device, memory_format=torch.channels_last)
+               for i in range(0, len(images), batch_size))
+    torch.optim.swa_utils.update_bn(batches, model, device)
+    model.eval()
 
 
 def save_resume_state(path, args, state, model, optimizer, scheduler, scaler, ema):

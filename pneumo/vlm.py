@@ -35,19 +35,53 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 NOT_QUANTIZED = ("vision_tower", "multi_modal_projector", "lm_head")
 
 
-def quantization_config(kind: str, dtype: torch.dtype):
-    """NF4 4-bit weights with double quantisation (bitsandbytes), or None for full precision."""
+def skip_module_paths(model_or_config) -> list:
+    """The full module paths (e.g. `model.vision_tower`, `lm_head`) of the parts in NOT_QUANTIZED, read
+    off the model class itself. transformers 4.x matches skip names anywhere in a module path, 5.x only
+    at its start, so a bare `vision_tower` keeps the tower out of 4-bit on 4.x and quantises it on 5.x;
+    the real paths work on both. Given a config, the model is built on the meta device (no memory)."""
+    model = model_or_config
+    if not isinstance(model, torch.nn.Module):
+        from transformers import AutoModelForImageTextToText
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(model_or_config)
+    paths = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in NOT_QUANTIZED]
+    found = {path.rsplit(".", 1)[-1] for path in paths}
+    if "vision_tower" not in found:
+        raise UserError(f"{type(model).__name__} has no vision_tower module; this loader is for Gemma 3 "
+                        f"vision-language models such as MedGemma")
+    # the outermost module of each kind: a projector nested in another projector is already covered
+    return sorted(p for p in paths if not any(p != q and p.startswith(q + ".") for q in paths))
+
+
+def quantization_config(kind: str, dtype: torch.dtype, skip_modules=NOT_QUANTIZED):
+    """NF4 4-bit weights with double quantisation (bitsandbytes), or None for full precision.
+    `skip_modules` are the module paths kept in `dtype` (skip_module_paths gives the real ones)."""
     if kind == "none":
         return None
     from transformers import BitsAndBytesConfig
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(NOT_QUANTIZED))
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(skip_modules))
+
+
+def load_weights(model_id: str, quantization: str, device: torch.device, dtype: torch.dtype, token=None):
+    """The model itself through AutoModelForImageTextToText, in 4-bit NF4 or full precision. NF4 keeps
+    the vision tower, projector and output head out of 4-bit by their real module paths. bitsandbytes
+    loads 4-bit on a CPU too, which is how the tests check layer by layer what is quantised."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    quantization_cfg = None
+    if quantization == "nf4":
+        config = AutoConfig.from_pretrained(model_id, token=token)
+        quantization_cfg = quantization_config(quantization, dtype, skip_module_paths(config))
+    return AutoModelForImageTextToText.from_pretrained(
+        model_id, token=token, dtype=dtype, quantization_config=quantization_cfg,
+        device_map={"": device.index or 0} if device.type == "cuda" else None)
 
 
 def load_vlm(model_id: str, quantization: str, device: torch.device):
     """(model, processor) through AutoModelForImageTextToText + AutoProcessor. Every failure to get a
     usable model becomes one UserError line that says why and what to do."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
     if quantization == "nf4" and device.type != "cuda":
         raise UserError("4-bit NF4 (bitsandbytes) needs a CUDA GPU and none is in use; run on a GPU "
                         "(Colab T4), pass --quantization none (full precision, slow), or --vlm none")
@@ -55,9 +89,9 @@ def load_vlm(model_id: str, quantization: str, device: torch.device):
     token = os.environ.get("HF_TOKEN") or None
     try:
         processor = AutoProcessor.from_pretrained(model_id, token=token)
-        model = AutoModelForImageTextToText.from_pretrained(
-            model_id, token=token, dtype=dtype, quantization_config=quantization_config(quantization, dtype),
-            device_map={"": device.index or 0} if device.type == "cuda" else None)
+        model = load_weights(model_id, quantization, device, dtype, token)
+    except UserError:
+        raise
     except Exception as err:  # hub, auth, cache and format errors all end here; see explain_load_error
         raise UserError(explain_load_error(model_id, err)) from None
     check_chat_format(processor, model_id)

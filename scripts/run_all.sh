@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 SKIP_TRAINING=0
 if [ "${1:-}" = "--skip_training" ]; then SKIP_TRAINING=1; shift; fi
 case "${1:-}" in -*) echo "usage: bash scripts/run_all.sh [--skip_training] [RUN_NAME]" >&2; exit 2;; esac
-NAME="${1:-$(date +%Y%m%d-%H%M%S)$([ $SKIP_TRAINING = 1 ] && echo -shipped)}"
+# (A bare `[ ... ] && echo` would return 1 without --skip_training and, under set -e, end the script silently.)
+SUFFIX=""
+if [ $SKIP_TRAINING = 1 ]; then SUFFIX="-shipped"; fi
+NAME="${1:-$(date +%Y%m%d-%H%M%S)$SUFFIX}"
 RUN="runs/$NAME"
 if [ -e "$RUN" ]; then echo "error: $RUN exists; give another run name" >&2; exit 1; fi
 

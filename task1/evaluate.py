@@ -21,7 +21,7 @@ from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices
 from pneumo.data import CLASS_NAMES, check_indices, load_inputs, load_split
 from pneumo.explain import DEFAULT_LAYER
 from pneumo.model import EMBEDDING_DIM
-from pneumo.metrics import CI_METRICS, calibration, medmnist_check, with_bootstrap
+from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, with_bootstrap
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
@@ -76,8 +76,8 @@ def main(args):
 
     write_csv_atomic(args.out / f"task1_predictions_{tag}.csv",
                      ["index", "label", "probability", "prediction", "prediction_at_0.5"],
-                     [[int(i), int(y), f"{p:.6f}", int(d), int(p > 0.5)]
-                      for i, y, p, d in zip(indices, labels, probs, clf.decide(probs))])
+                     [[int(i), int(y), f"{p:.6f}", int(d), int(d05)]
+                      for i, y, p, d, d05 in zip(indices, labels, probs, clf.decide(probs), decide(probs, 0.5))])
     figures = args.out / "figures"
     results["figures"] = [str(p) for p in (
         plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag),
@@ -115,6 +115,11 @@ def predict_files(args, clf):
     for r in rows:
         print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['image']}{'  FLAGGED' if r['flags'] else ''}")
     print_flags(names, flags)
+    path = write_csv_atomic(args.out / "task1_predictions_images.csv",
+                            ["image", "probability", "prediction", "threshold", "flags"],
+                            [[r["image"], repr(r["probability"]), r["prediction"], repr(clf.threshold), "; ".join(r["flags"])]
+                             for r in rows])
+    print(f"wrote {path}")
     return {"predictions": rows}
 
 

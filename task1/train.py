@@ -29,7 +29,7 @@ from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
 from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, seed_everything
-from pneumo.training import (balanced_class_weights, load_resume_state, make_ema, resolve_amp,
+from pneumo.training import (balanced_class_weights, load_resume_state, make_ema, recompute_bn_statistics, resolve_amp,
                              save_resume_state, setup_distributed, train_one_epoch, wrap_distributed)
 
 
@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--ema_decay", type=float, default=0.97,
                    help="per-step decay of the weight average kept after warm-up (default 0.97: about the last "
                         "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
+    p.add_argument("--bn_stats", choices=["running", "recompute"], default="running",
+                   help="BatchNorm statistics of the evaluated weights: running (default: the averages kept during "
+                        "training) or recompute (one pass over the un-augmented train images after each epoch)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                    help="mixed precision: auto = bf16 where the CPU/GPU runs it natively, fp16 on older GPUs")
     add_shared_flags(p, "seed", "device", "data_root", "size", "out",
@@ -130,6 +133,8 @@ def main(args):
         train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion, device,
                                      amp_dtype, ema, ema_start, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
         evaluated = ema.module if ema is not None and ema.n_averaged > 0 else model
+        if args.bn_stats == "recompute":
+            recompute_bn_statistics(evaluated, train_images, device)
         val_probs = predict_proba(evaluated, val_images, NORMALIZATION, device)
         val = binary_metrics(val_labels, val_probs)
         val["loss"] = float(nn.functional.binary_cross_entropy(

@@ -80,10 +80,18 @@ def test_user_files_get_a_probability_and_the_stored_decision(trained_checkpoint
     for i in (0, 1, 2, 3):  # dataset films saved as files, blown up 4x as a scanner would give them
         paths.append(tmp_path / f"film{i}.png")
         Image.fromarray(images[i]).resize((112, 112), Image.Resampling.BICUBIC).save(paths[-1])
-    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--images", *paths, "--device", "cpu")
+    out = tmp_path / "run"
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--images", *paths, "--device", "cpu", "--out", out)
     assert result.returncode == 0, result.stderr
-    threshold = Classifier.load(trained_checkpoint).threshold
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip().endswith(".png")]
-    assert [r[2] for r in rows] == [p.name for p in paths]  # outside the working folder: the name alone
-    assert [r[1] for r in rows] == ["pneumonia" if float(r[0]) > threshold else "normal" for r in rows]
-    assert [r[1] for r in rows] == ["pneumonia" if y else "normal" for y in labels[:4]]  # the model is right on these
+    clf = Classifier.load(trained_checkpoint)
+    rows = list(csv.DictReader(open(out / "task1_predictions_images.csv")))  # what the script wrote, unrounded
+    assert [r["image"] for r in rows] == [p.name for p in paths]  # outside the working folder: the name alone
+    probs = np.array([float(r["probability"]) for r in rows])
+    assert all(float(r["threshold"]) == clf.threshold for r in rows)
+    assert [r["prediction"] for r in rows] == ["pneumonia" if p > clf.threshold else "normal" for p in probs]
+    assert [r["prediction"] for r in rows] == ["pneumonia" if y else "normal" for y in labels[:4]]  # right on these
+    from pneumo.data import load_image_file
+    films = np.stack([load_image_file(p, clf.image_size) for p in paths])
+    assert probs == pytest.approx(clf.predict_proba(films), abs=1e-6)
+    shown = [line.split() for line in result.stdout.splitlines() if line.strip().endswith(".png")]
+    assert [s[1] for s in shown] == [r["prediction"] for r in rows]  # the screen says what the file says

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,10 +48,11 @@ def test_run_records_history_curves_and_provenance(trained_checkpoint):
     assert not trained_checkpoint.with_name("model.resume.pth").exists()
 
 
-@pytest.fixture
-def interrupted_run(synthetic_root, tmp_path, monkeypatch):
-    """A run killed during its second epoch: only the resume file written after epoch 1 is left."""
-    out = tmp_path / "model.pth"
+@pytest.fixture(scope="module")
+def interrupted_once(synthetic_root, tmp_path_factory):
+    """A run killed during its second epoch: only the resume file written after epoch 1 is left.
+    Trained once per module; each test gets its own copy (interrupted_run)."""
+    out = tmp_path_factory.mktemp("interrupted") / "model.pth"
     real_epoch, calls = train.train_one_epoch, []
 
     def crash_in_second_epoch(*args, **kwargs):
@@ -58,12 +60,19 @@ def interrupted_run(synthetic_root, tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
-    monkeypatch.setattr(train, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(train.parse_args(list(map(str, train_args(synthetic_root, out)))))
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "train_one_epoch", crash_in_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(train.parse_args(list(map(str, train_args(synthetic_root, out)))))
     assert not out.exists() and out.with_name("model.resume.pth").exists()
     return out
+
+
+@pytest.fixture
+def interrupted_run(interrupted_once, tmp_path):
+    folder = tmp_path / "interrupted"
+    shutil.copytree(interrupted_once.parent, folder)
+    return folder / interrupted_once.name
 
 
 def test_interrupted_training_resumes_to_the_same_result(interrupted_run, trained_checkpoint, synthetic_root):

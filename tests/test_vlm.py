@@ -1,11 +1,14 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import error_line, run_cli
+from conftest import REPO, error_line, run_cli
 from pneumo.runtime import UserError
 from pneumo.data import CLASS_NAMES, SIZES, data_file
 from pneumo.impression import LABELS
@@ -122,14 +125,60 @@ def test_generation_keeps_no_per_step_scores_and_no_processor_warning(tiny_vlm, 
     assert not [r for r in caplog.records if "processor_kwargs" in r.getMessage()]
 
 
-def test_vision_tower_and_projector_stay_out_of_4bit(tiny_vlm):
-    from pneumo.vlm import NOT_QUANTIZED
-    config = quantization_config("nf4", torch.float32)
-    assert {"vision_tower", "multi_modal_projector"} <= set(config.llm_int8_skip_modules)
-    model, _ = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
-    names = [name for name, _ in model.named_modules()]
-    for part in NOT_QUANTIZED:  # each name is a real module of the Gemma 3 class in this transformers version
-        assert any(name.split(".")[-1] == part for name in names), part
+TRANSFORMERS4 = REPO / ".venv" / "transformers4"  # transformers 4.56 beside .venv's 5.x, made by scripts/test.sh
+
+
+def assert_only_the_language_model_is_4bit(found):
+    layers = found["layers"]
+    language = [n for n in layers if ".language_model." in n]
+    vision = [n for n in layers if ".vision_tower." in n or ".multi_modal_projector." in n]
+    assert language and vision
+    assert {layers[n] for n in language} == {"Linear4bit"}, found["transformers"]
+    assert {layers[n] for n in vision} == {"Linear"}, (found["transformers"], [n for n in vision if layers[n] != "Linear"])
+    assert layers["lm_head"] == "Linear"
+
+
+def test_nf4_on_the_installed_transformers_quantises_the_language_model_alone(tiny_vlm):
+    """A real 4-bit load (bitsandbytes runs NF4 on the CPU), read back layer by layer."""
+    from quantised_layers import quantised_layers
+    assert_only_the_language_model_is_4bit(quantised_layers(tiny_vlm, "project"))
+
+
+def test_nf4_on_transformers_4_56_quantises_the_language_model_alone(tiny_vlm):
+    """The oldest transformers the requirements admit, in a second environment (an overlay of
+    transformers 4.56 and its hub/tokenizers on .venv, made by scripts/test.sh), in a subprocess."""
+    if not TRANSFORMERS4.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{TRANSFORMERS4} is missing: scripts/test.sh makes it")
+        pytest.skip(f"{TRANSFORMERS4} is missing: bash scripts/test.sh makes it")
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "quantised_layers.py"), str(tiny_vlm)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(TRANSFORMERS4), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["transformers"].startswith("4.56.")
+    assert_only_the_language_model_is_4bit(found)
+
+
+def test_bare_module_names_are_not_enough_on_transformers_5(tiny_vlm):
+    """Why the skip list holds real module paths: transformers 5 matches it against the start of a
+    path, so the bare `vision_tower` (the rule before) let the tower be quantised. This also shows that
+    the layer check above can fail."""
+    import transformers
+    from quantised_layers import quantised_layers
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4 matches bare names anywhere in a path")
+    layers = quantised_layers(tiny_vlm, "bare")["layers"]
+    assert {layers[n] for n in layers if ".vision_tower." in n} == {"Linear4bit"}
+
+
+def test_skip_paths_are_read_off_the_model_and_refuse_a_model_without_a_vision_tower(tiny_vlm):
+    from transformers import AutoConfig
+    from pneumo.vlm import skip_module_paths
+    assert skip_module_paths(AutoConfig.from_pretrained(tiny_vlm)) == ["lm_head", "model.multi_modal_projector",
+                                                                     "model.vision_tower"]
+    with pytest.raises(UserError, match="no vision_tower"):
+        skip_module_paths(torch.nn.Linear(2, 2))
 
 
 def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoint, synthetic_root, tmp_path):
