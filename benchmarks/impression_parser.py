@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
-from pneumo.impression import LABELS, LABEL_LINE, parse_impression
+from pneumo.impression import LABEL_LINE, LABELS, parse_impression
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pneumo.atomic import write_json_atomic, write_text_atomic
 from pneumo.data import XrayDataset, normalize, train_augmentation
 from pneumo.explain import gradcam_maps
 from pneumo.inference import predict_proba
 from pneumo.model import build_model
-from pneumo.atomic import write_json_atomic, write_text_atomic
 from pneumo.runtime import DEFAULT_RUN, print_run_header
 from pneumo.training import cpu_has_native_bf16
 

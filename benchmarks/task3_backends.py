@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.milvus_archive import building
 from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist
-from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header
 
 
@@ -77,7 +77,7 @@ def main(args):
             before, start = rss_mb(), time.perf_counter()
             index = build_index(vectors, kind, "l2", **params)
             build_s, memory = time.perf_counter() - start, rss_mb() - before
-            p50, p95, found = latency(lambda q: index.search(q, 10)[1], queries)
+            p50, p95, found = latency(lambda q, index=index: index.search(q, 10)[1], queries)
             truth = found if kind == "flat" else truth
             rows.append(report(n, "faiss", kind, params, build_s, memory, p50, p95, recall(found, truth)))
             index = None  # freed before the Milvus build

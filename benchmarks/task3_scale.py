@@ -21,8 +21,8 @@ import faiss
 import numpy as np
 import psutil
 
-from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist, in_chunks
 from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist, in_chunks
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header
 
 DIM = 512

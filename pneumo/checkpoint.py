@@ -78,6 +78,9 @@ def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise UserError(f"{path} is in checkpoint format {payload['format_version']!r}; this code reads format "
+                        f"{FORMAT_VERSION}: retrain with this code's task1/train.py")
     if payload["arch"] != ARCH:
         raise UserError(f"{path} holds architecture {payload['arch']!r}; this code runs {ARCH!r}")
     model = build_model(payload["arch"], payload["in_channels"], len(payload["class_names"]))

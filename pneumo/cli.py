@@ -8,6 +8,7 @@ from .checkpoint import DEFAULT_CHECKPOINT
 from .data import SIZES, SPLITS, default_data_root
 from .runtime import DEFAULT_RUN
 
+
 def positive_int(text: str) -> int:
     """An argparse type for counts and sizes that must be at least 1 (batch sizes, k, limits)."""
     try:

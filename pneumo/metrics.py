@@ -122,6 +122,7 @@ def calibration(labels, probs, n_bins=10) -> dict:
 def medmnist_check(data_root, split, size, probs) -> dict:
     """AUC and ACC as medmnist.Evaluator computes them from the same probabilities (a cross-check)."""
     import medmnist
+
     from .data import ensure_data_file
     root = ensure_data_file(data_root, size).parent
     scores = np.stack([1 - np.asarray(probs), np.asarray(probs)], axis=1)

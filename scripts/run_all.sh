@@ -7,6 +7,9 @@
 #   bash scripts/run_all.sh                       # everything, training included (11-25 min on 2 CPU cores)
 #   bash scripts/run_all.sh --skip_training       # the shipped checkpoint, evaluated (~5 min on 2 CPU cores)
 #   bash scripts/run_all.sh --skip_training NAME  # ... into runs/NAME
+#
+# TRAIN_FLAGS (environment) adds flags to task1/train.py, e.g. a short recipe for a smoke run:
+#   TRAIN_FLAGS="--epochs 1" PNEUMONIA_DATA_ROOT=/path/to/small/data bash scripts/run_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_TRAINING=0
@@ -34,7 +37,8 @@ if [ $SKIP_TRAINING = 1 ]; then
 else
     CHECKPOINT="$RUN/task1_model.pth"
     step "Task 1: train (checkpoint -> $CHECKPOINT)"
-    $PY task1/train.py --out "$CHECKPOINT"
+    # shellcheck disable=SC2086  # TRAIN_FLAGS is a list of flags
+    $PY task1/train.py --out "$CHECKPOINT" ${TRAIN_FLAGS:-}
 fi
 step "Task 1: evaluate on test (metrics, figures)"
 $PY task1/evaluate.py --checkpoint "$CHECKPOINT" --out "$RUN"

@@ -14,9 +14,8 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
     say "installing torch and torchvision from $TORCH_INDEX_URL"
     quiet_pip torch torchvision --index-url "$TORCH_INDEX_URL"
 fi
-say "installing requirements.txt (the first time takes minutes: about 6.4 GB with the CUDA build of torch)"
+say "installing requirements.txt: the project with every optional group (the first time takes minutes: about 7.1 GB with the CUDA build of torch)"
 quiet_pip -r requirements.txt
-quiet_pip --no-deps -e .
 .venv/bin/python -c "import torch, torchvision, medmnist, faiss, pytorch_grad_cam, transformers, jinja2" \
     || { echo "error: dependencies did not install; see the pip output above" >&2; exit 1; }
 # The dataset host may be unreachable: use the local copy beside the repository when there is one;

@@ -22,15 +22,23 @@ from torch import nn
 from pneumo.atomic import check_writable, save_torch_atomic, write_json_atomic
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
 from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import (NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split,
-                         train_augmentation)
+from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split, train_augmentation
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
 from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, seed_everything
-from pneumo.training import (balanced_class_weights, load_resume_state, make_ema, recompute_bn_statistics, resolve_amp,
-                             save_resume_state, setup_distributed, train_one_epoch, wrap_distributed)
+from pneumo.training import (
+    balanced_class_weights,
+    load_resume_state,
+    make_ema,
+    recompute_bn_statistics,
+    resolve_amp,
+    save_resume_state,
+    setup_distributed,
+    train_one_epoch,
+    wrap_distributed,
+)
 
 
 def parse_args(argv=None):

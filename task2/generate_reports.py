@@ -20,8 +20,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import numpy as np
 from PIL import Image
 
-from pneumo.atomic import (check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic,
-                           write_text_atomic)
+from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from pneumo.audit import FLAGS
 from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
@@ -30,8 +29,7 @@ from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices
 from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split, read_picture
 from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, load_index
-from pneumo.runtime import (DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device,
-                            seed_everything)
+from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
 from pneumo.screening import print_flags
 from pneumo.vlm import DEFAULT_VLM, STRATEGIES, load_vlm, release_gpu_memory
 

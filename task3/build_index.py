@@ -12,6 +12,7 @@ instead (the same vectors and metadata, built under a temporary name and swapped
 on one machine; see the README for when to pick HNSW or IVF.
 """
 import time
+
 import numpy as np
 
 from pneumo.atomic import check_writable
@@ -19,9 +20,8 @@ from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
-from pneumo.retrieval import (DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index,
-                              search)
 from pneumo.milvus_archive import building, connect
+from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index, search
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
 from pneumo.screening import nearest_score, ood_reference, screen
 

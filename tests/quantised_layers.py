@@ -18,6 +18,7 @@ def quantised_layers(folder, skip="project") -> dict:
     import torch
     import transformers
     from transformers import AutoModelForImageTextToText
+
     from pneumo import vlm
     if skip == "project":
         model = vlm.load_weights(str(folder), "nf4", torch.device("cpu"), torch.float32)

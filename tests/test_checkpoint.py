@@ -78,3 +78,12 @@ def test_weights_of_another_shape_are_refused(tmp_path):
     torch.save(payload, tmp_path / "bad.pth")
     with pytest.raises(UserError, match="do not fit"):
         load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
+    write_checkpoint(tmp_path / "m.pth")
+    payload = torch.load(tmp_path / "m.pth", weights_only=True)
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "v2.pth")
+    with pytest.raises(UserError, match="checkpoint format 2; this code reads format 1"):
+        load_checkpoint(tmp_path / "v2.pth")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED_SAMPLES, SYNTHETIC_COUNTS
 from pneumo import data
 from pneumo.runtime import UserError
-from conftest import SHARED_SAMPLES, SYNTHETIC_COUNTS
 
 
 def test_loads_each_split_with_shapes_and_binary_labels(synthetic_root):
@@ -111,6 +111,7 @@ def test_real_full_size_xray_converts():
 
 def test_reflect_augmentation_leaves_no_black_border():
     import torch
+
     from pneumo.data import train_augmentation
     torch.manual_seed(0)
     films = torch.full((64, 1, 28, 28), 128, dtype=torch.uint8)  # a film with no dark pixel anywhere

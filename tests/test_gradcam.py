@@ -92,3 +92,50 @@ def test_cli_explains_user_files_and_refuses_bad_ones(trained_checkpoint, tmp_pa
     bad = run_cli(gradcam, "--checkpoint", trained_checkpoint, "--images", tmp_path / "broken.png",
                   "--out", tmp_path / "out2")
     assert bad.returncode == 1 and "not a readable image" in error_line(bad) and not (tmp_path / "out2").exists()
+
+
+def lesion_films(root, cx, n=6):
+    """Normal synthetic films with the synthetic pneumonia signal (a bright blob, as write_synthetic_npz
+    draws it) placed at horizontal position cx of the image, lower-middle height."""
+    images, labels = load_split(root, "val")
+    yy, xx = np.mgrid[0:28, 0:28] / 28
+    blob = 0.6 * 255 * np.exp(-((xx - cx) ** 2 + (yy - 0.65) ** 2) / 0.01)
+    return np.clip(images[labels == 0][:n] + blob, 0, 255).astype(np.uint8)
+
+
+# image left is the patient's right on a frontal film
+@pytest.mark.parametrize("cx, side", [(0.3, "right"), (0.7, "left")])
+def test_the_pneumonia_map_points_at_the_lesion(trained_checkpoint, synthetic_root, cx, side):
+    from pneumo.classifier import Classifier
+    clf = Classifier.load(trained_checkpoint)
+    films = lesion_films(synthetic_root, cx)
+    maps, used = clf.gradcam(films, target_classes=[1] * len(films))
+    assert used.tolist() == [1] * len(films)
+    image_left_share = maps[:, :, :14].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
+    assert ((image_left_share > 0.5) == (cx < 0.5)).all(), image_left_share
+    assert all(coarse_region(m).startswith(f"{side} lung") for m in maps)
+    predicted, used = clf.gradcam(films)  # by default the predicted class: pneumonia on these films
+    assert used.tolist() == [1] * len(films) and np.allclose(predicted, maps)
+
+
+@pytest.mark.parametrize("cx, side", [(0.3, "right"), (0.7, "left")])
+def test_the_scripts_name_the_lesions_side(trained_checkpoint, synthetic_root, tmp_path, cx, side):
+    """gradcam.py --target pneumonia and the Task 2 report's 'Grad-CAM evidence (pneumonia)' row."""
+    from task2 import generate_reports
+    paths = []
+    for i, film in enumerate(lesion_films(synthetic_root, cx, n=2)):
+        paths.append(tmp_path / f"lesion{i}.png")
+        Image.fromarray(film).save(paths[-1])
+    common = ["--checkpoint", trained_checkpoint, "--images", *paths, "--index", tmp_path / "none.faiss"]
+    result = run_cli(gradcam, *common, "--target", "pneumonia", "--out", tmp_path / "g")
+    assert result.returncode == 0, result.stderr
+    [record_file] = (tmp_path / "g").glob("task1_gradcam_*.json")
+    records = json.loads(record_file.read_text())["images"]
+    assert [r["target"] for r in records] == ["pneumonia"] * 2
+    assert all(r["region"].startswith(f"{side} lung") for r in records), records
+    result = run_cli(generate_reports, *common, "--vlm", "none", "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in (tmp_path / "r" / "reports.jsonl").read_text().splitlines()]
+    assert all(r["classifier"]["region"].startswith(f"{side} lung") for r in reports), reports
+    [markdown] = [p for p in (tmp_path / "r").glob("*.md") if "lesion0" in p.name]
+    assert f"| Grad-CAM evidence (pneumonia) | {side} lung" in markdown.read_text()

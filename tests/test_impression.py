@@ -93,3 +93,10 @@ def test_audit_flags_affirmed_findings_nobody_asked_about():
     flags = audit("Findings: Clear lungs. Compared with the prior study, a nasogastric tube is seen. No fracture.", "normal", clf)
     assert flags["unasked_findings"] == "nasogastric tube, prior study"
     assert audit("Findings: Clear lungs. No fracture or mass.\nImpression: Normal.", "normal", clf) == {}
+
+
+def test_a_negated_finding_alone_places_nothing():
+    """Only affirmed findings are located: a negated one on the other side raises no flag."""
+    clf = {"probability": 0.9, "region": "right lung, lower zone"}
+    assert "location_vs_gradcam" not in audit("No left-sided consolidation.", "normal", clf)
+    assert "location_vs_gradcam" in audit("Left-sided consolidation.", "pneumonia", clf)

@@ -27,6 +27,7 @@ def test_youden_threshold_separates_as_roc_curve_says():
 
 def test_vectorised_rank_metrics_match_scikit_learn_with_ties():
     from sklearn.metrics import average_precision_score, roc_auc_score
+
     from pneumo.metrics import rank_metrics_rows
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, (5, 60))
@@ -35,3 +36,14 @@ def test_vectorised_rank_metrics_match_scikit_learn_with_ties():
     for row in range(5):
         assert auc[row] == pytest.approx(roc_auc_score(labels[row], probs[row]), abs=1e-12)
         assert ap[row] == pytest.approx(average_precision_score(labels[row], probs[row]), abs=1e-12)
+
+
+def test_a_probability_equal_to_the_threshold_is_normal():
+    """The one decision rule (medmnist's): pneumonia strictly above the threshold, everywhere it is used."""
+    from pneumo.metrics import decide, with_bootstrap
+    assert decide([0.3, 0.5, 0.7], 0.5).tolist() == [0, 0, 1]
+    m = binary_metrics([0, 1, 1], [0.5, 0.5, 0.9], 0.5)
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (1, 0, 1, 1)
+    labels, probs = [0] * 5 + [1] * 5, [0.5] * 5 + [0.9] * 5  # every normal film sits on the threshold
+    [point] = with_bootstrap(labels, probs, (0.5,), n_resamples=50)
+    assert point["accuracy"] == 1.0 and point["ci95"]["accuracy"] == [1.0, 1.0]  # the resamples decide alike

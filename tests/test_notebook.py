@@ -48,3 +48,19 @@ def test_every_script_command_parses_with_the_scripts_own_parser(notebook):
         else:
             assert args.vlm == "on", command  # a failed model load must stop the notebook, not pass quietly
     assert commands[-1].startswith("python viewer/app.py")  # the last section starts the viewer
+
+
+def test_the_install_cell_brings_task_2_alone_and_leaves_colabs_torch(notebook):
+    """Colab needs Task 2's group, not the viewer, Milvus or the test tools; and no ceiling on torch
+    (pip would replace Colab's CUDA build with an older one)."""
+    import tomllib
+    installs = [line.strip() for line in code(notebook).splitlines() if line.strip().startswith("!pip")]
+    assert installs[0] == '!pip -q install -e ".[vlm]"' and "requirements.txt" not in code(notebook)
+    assert installs[1:] == ['!pip -q install -e ".[viewer]"']  # only in the viewer's section, just before it
+    project = tomllib.loads((NOTEBOOK.parent.parent / "pyproject.toml").read_text())["project"]
+    groups = project["optional-dependencies"]
+    vlm = " ".join(groups["vlm"] + project["dependencies"]).lower()
+    for name in ("gradio", "playwright", "pymilvus", "milvus-lite", "pytest"):
+        assert name not in vlm, name
+    for requirement in project["dependencies"] + [r for g in groups.values() for r in g]:
+        assert "<" not in requirement and "==" not in requirement, requirement  # floors only

@@ -127,6 +127,7 @@ def test_without_a_vlm_the_narrative_button_says_why(viewer):
 
 def test_with_a_vlm_the_narrative_joins_the_report(tmp_path, film):
     import torch
+
     from pneumo.vlm import load_vlm
     from tiny_gemma3 import save_tiny_gemma3
     tiny = save_tiny_gemma3(tmp_path / "tiny")

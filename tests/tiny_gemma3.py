@@ -30,8 +30,15 @@ CHAT_TEMPLATE = (
 def save_tiny_gemma3(folder: Path, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
-                              Gemma3TextConfig, PreTrainedTokenizerFast, SiglipVisionConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        SiglipVisionConfig,
+    )
 
     vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
