@@ -2,8 +2,10 @@
 
     python benchmarks/impression_parser.py                 # prints the table; --out reports publishes it
 
-Two sets: impressions.jsonl (76 sentences, written with the trigger lists) and impressions_heldout.jsonl
-(24, written afterwards; see the report for what they exposed). Each text is read as it is (the Label
+Three sets: impressions.jsonl (76 sentences, written with the trigger lists), impressions_heldout.jsonl
+(24, written afterwards; see the report for what they exposed) and impressions_heldout_vlm.jsonl (66 whole
+outputs in the styles a VLM writes: Markdown, lists, hedges, preferences, notes and disclaimers after the
+impression; written before the reader was changed for them, and never tuned on). Each text is read as it is (the Label
 line first when it has one) and once more with its Label line removed, so the NegEx fallback is
 measured on every sentence. Writes <out>/task2_impression_parser.json and .md.
 """
@@ -17,7 +19,8 @@ from pneumo.impression import LABEL_LINE, LABELS, parse_impression
 from pneumo.runtime import DEFAULT_RUN, exit_on_user_error
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
-SETS = {"written with the triggers": "impressions.jsonl", "written afterwards": "impressions_heldout.jsonl"}
+SETS = {"written with the triggers": "impressions.jsonl", "written afterwards": "impressions_heldout.jsonl",
+        "VLM-style, held out": "impressions_heldout_vlm.jsonl"}
 
 
 def parse_args(argv=None):
