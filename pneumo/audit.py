@@ -2,9 +2,11 @@
 
 - contradicts_classifier: the impression says the opposite of a classifier that is confident
   (P(pneumonia) >= 0.9 read as normal, or <= 0.1 read as pneumonia).
-- location_vs_gradcam: an affirmed finding placed on one side only (or in the upper zone only, or the
-  lower zone only) while the Grad-CAM peak lies on the other side (or at the other end of the lung).
-  Middle zones, both lungs and central maps contradict nothing: the map is 4x4 cells upsampled.
+- location_vs_gradcam: a finding, affirmed or hedged (not negated), placed on one side only (or in the
+  upper zone only, or the lower zone only) while the Grad-CAM peak lies on the other side (or at the other
+  end of the lung). Each finding is placed by its own clause, so a negated clause beside it ("no
+  right-sided consolidation, left basal pneumonia") places nothing. Middle zones, both lungs and central
+  maps contradict nothing: the map is 4x4 cells upsampled.
 - unasked_findings: affirmed mentions of what the prompt never asked about (devices, bones, masses,
   other examinations, the patient's age): this is one film, read for lungs, heart and pleura.
 """
@@ -27,8 +29,8 @@ def audit(narrative: str, impression: str, classifier: dict) -> dict:
     if (p >= HIGH_CONFIDENCE and impression == "normal") or (p <= 1 - HIGH_CONFIDENCE and impression == "pneumonia"):
         flags["contradicts_classifier"] = f"impression {impression} against the classifier's P(pneumonia) = {p:.3f}"
     found = mentions(narrative)
-    affirmed = [m for m in found if m["kind"] == "FINDING" and not m["negated"] and not m["hedged"]]
-    where = location_conflict([m["sentence"] for m in affirmed], classifier.get("region") or "")
+    placed = [m for m in found if m["kind"] == "FINDING" and not m["negated"]]
+    where = location_conflict([m["clause"] for m in placed], classifier.get("region") or "")
     if where:
         flags["location_vs_gradcam"] = where
     unasked = sorted({m["text"].lower() for m in found if m["kind"] == "UNASKED" and not m["negated"]})

@@ -31,20 +31,28 @@ NORMAL_CUES = ("normal", "clear", "unremarkable", "no acute", "no active", "nad"
 # absence stated after the noun that radiology reports use, and without the hedges it files as
 # negation ("cannot", "rule out", "versus", "evaluate for"), which are read as uncertainty below.
 _HEDGES_IN_NEGEX = {"cannot", "can't", "cant", "rule out", "rules out", "r/o", "ro", "versus", "evaluate for", "doubt"}
-_EXTRA_PRECEDING = ["resolution of", "resolved", "no new", "no radiographic evidence of", "no residual", "no focal"]
+_EXTRA_PRECEDING = ["resolution of", "resolved", "no new", "no radiographic evidence of", "no residual", "no focal",
+                    "rather than"]  # preference, a pseudo-negation: "atelectasis rather than pneumonia"
 _EXTRA_FOLLOWING = ["is not seen", "are not seen", "not seen", "is not identified", "are not identified",
                     "not identified", "not demonstrated", "is absent", "are absent", "has resolved",
                     "have resolved", "has cleared", "have cleared", "resolved", "is unlikely", "no longer seen",
-                    "is no longer seen", "not present", "is not present", "are not present"]
+                    "is no longer seen", "not present", "is not present", "are not present", "excluded",
+                    "is excluded", "not suspected", "is not suspected", "no longer evident", "is no longer evident",
+                    "no longer visible"]
 UNCERTAINTY = {
     "pseudo_negations": ["no change", "not certain whether"],
     "preceding_negations": ["possible", "possibly", "questionable", "question of", "cannot exclude", "can not exclude",
                             "cannot rule out", "can not rule out", "rule out", "may represent", "could represent",
                             "might represent", "may reflect", "could reflect", "might reflect",
                             "could be", "may be", "might be", "?", "equivocal", "suspicious for",
-                            "versus", "vs", "vs.", "differential includes", "developing", "early possible"],
+                            "versus", "vs", "vs.", "differential includes", "developing", "early possible",
+                            # comparative likelihood: "atelectasis favoured over pneumonia"
+                            "favoured over", "favored over", "more likely than"],
     "following_negations": ["cannot be excluded", "can not be excluded", "cannot be ruled out", "not excluded",
-                            "is not excluded", "not ruled out", "is questioned", "versus", "vs", "?"],
+                            "is not excluded", "not ruled out", "is questioned", "versus", "vs", "?",
+                            "less likely", "is less likely", "considered less likely", "is considered less likely",
+                            "cannot be distinguished", "can not be distinguished", "not entirely excluded",
+                            "is not entirely excluded", "cannot be entirely excluded", "is a possibility"],
     "termination": ["but", "however", "although", "though", "which", "except", "aside from", "apart from"],
 }
 # Findings and topics outside the question the prompts ask (lungs, heart, pleura, one film): devices,
@@ -54,6 +62,12 @@ UNASKED = ("endotracheal tube", "nasogastric tube", "chest tube", "central line"
            "mass", "nodule", "nodules", "tumour", "tumor", "malignancy", "lymphadenopathy", "pneumoperitoneum",
            "free air", "prior study", "previous study", "prior examination", "previous examination", "prior film",
            "previous film", "prior radiograph", "previous radiograph", "ct", "year-old", "year old")
+
+# Where the impression ends though no heading says so: notes, disclaimers, AI-use statements and advice that
+# mention pneumonia without reading this film ("This is not a diagnosis; pneumonia should be excluded clinically")
+_NOT_IMPRESSION = re.compile(r"(?:^|(?<=[.;!?\n]))[\s*_>\-]*(?:notes?\b|disclaimer|ai[- ]use\b|this is not a diagnosis|"
+                             r"this (?:report|text) (?:was|is) (?:produced|generated|drafted)|please correlate|"
+                             r"clinical correlation|if symptoms persist|recommendations?\b)", re.I)
 
 # Words that leave the whole impression uncertain whatever the findings
 _UNREADABLE = re.compile(r"\b(?:uncertain|indeterminate|non-?diagnostic|too low to assess|cannot be assessed|"
@@ -67,8 +81,8 @@ def label_line(text: str):
 
 
 def impression_section(text: str) -> str:
-    """The text after the last 'Impression' heading (up to the next heading), else the whole
-    narrative; Markdown emphasis and the Label line are dropped."""
+    """The text after the last 'Impression' heading (up to the next heading, note or disclaimer), else
+    the whole narrative up to its notes; Markdown emphasis and the Label line are dropped."""
     text = text or ""
     heads = list(re.finditer(_HEADING.format(name="impressions?"), text, re.I | re.M))
     if heads:
@@ -76,6 +90,8 @@ def impression_section(text: str) -> str:
         nxt = _NEXT_HEADING.search(text)
         text = text[:nxt.start()] if nxt else text
     text = LABEL_LINE.sub(" ", text)
+    end = _NOT_IMPRESSION.search(text)
+    text = text[:end.start()] if end else text
     return re.sub(r"[*_#`]+", " ", text).strip()
 
 
@@ -101,12 +117,25 @@ def _pipeline():
     return nlp
 
 
+# What separates the clauses of one sentence: "no right-sided consolidation, left basal pneumonia"
+_CLAUSE_BREAK = re.compile(r"[,;:]|\b(?:but|however|whereas|while)\b", re.I)
+
+
 def mentions(text: str) -> list:
-    """Each lexicon match in a text: kind (FINDING, NORMAL, UNASKED), its words, negated, hedged and
-    the sentence it stands in (Markdown emphasis removed)."""
+    """Each lexicon match in a text: kind (FINDING, NORMAL, UNASKED), its words, negated, hedged, the
+    sentence it stands in and its clause (the stretch of that sentence between commas, semicolons or a
+    "but" around it), Markdown emphasis removed."""
     doc = _pipeline()(re.sub(r"[*_#`]+", " ", text or ""))
     return [{"kind": e.label_, "text": e.text, "negated": bool(e._.negex), "hedged": bool(e._.hedged),
-             "sentence": e.sent.text.strip()} for e in doc.ents]
+             "sentence": e.sent.text.strip(), "clause": _clause(e)} for e in doc.ents]
+
+
+def _clause(entity) -> str:
+    sentence, start = entity.sent.text, entity.start_char - entity.sent.start_char
+    end = start + len(entity.text)
+    before = [m.end() for m in _CLAUSE_BREAK.finditer(sentence, 0, start)]
+    after = _CLAUSE_BREAK.search(sentence, end)
+    return sentence[(before[-1] if before else 0):(after.start() if after else len(sentence))].strip()
 
 
 def read_free_text(text: str) -> str:

@@ -147,7 +147,8 @@ def explain_load_error(model_id: str, err: Exception) -> str:
 
 
 def build_messages(strategy: str, image, context: dict | None = None):
-    """One conversation in the official chat format: system text, then the image and the instruction."""
+    """One conversation in the official chat format: system text, then the instruction and the image, in the
+    order of Google's MedGemma quick start (text first, then the image)."""
     if strategy == "zero_shot":
         system = "You are a helpful medical assistant."
         instruction = f"Describe this chest X-ray.\n{REPORT_FORMAT}"
@@ -164,7 +165,7 @@ def build_messages(strategy: str, image, context: dict | None = None):
     else:
         raise ValueError(f"unknown prompt strategy {strategy!r}; choose from {STRATEGIES}")
     return [{"role": "system", "content": [{"type": "text", "text": system}]},
-            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}]}]
+            {"role": "user", "content": [{"type": "text", "text": instruction}, {"type": "image", "image": image}]}]
 
 
 def context_lines(context: dict) -> str:

@@ -132,7 +132,8 @@ def attach_vlm_images(args, cases):
     """Dataset cases go to the VLM at --vlm_size, the largest MedMNIST+ size by default (the same
     films, downsampled from the same sources, in the same order): a 28-px thumbnail blown up to
     896 px shows the VLM nothing of the lung texture. When that file cannot be had, the classifier's
-    own images, with one warning."""
+    own images, with one warning; but --evaluate, which scores the VLM against the truth, stops unless
+    --vlm_size 28 asked for those thumbnails."""
     keyed = [c for c in cases if c["key"] is not None]
     if not keyed:
         return
@@ -141,7 +142,12 @@ def attach_vlm_images(args, cases):
         images, labels = load_split(args.data_root, args.split, size)
     except UserError as err:
         size = len(keyed[0]["small"])
-        print(f"warning: the VLM sees {size}-px images: {str(err).split(';')[0]}")
+        reason = str(err).split(";")[0]
+        if args.evaluate:
+            raise UserError(f"--evaluate would score the VLM on {size}-px thumbnails: {reason}; put "
+                            f"pneumoniamnist_{args.vlm_size}.npz in the data root, or pass --vlm_size {size} "
+                            f"to score the thumbnails knowingly") from None
+        print(f"warning: the VLM sees {size}-px images: {reason}")
         images, labels = None, None
     for case in keyed:
         index = case["key"][1]

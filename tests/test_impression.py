@@ -9,6 +9,7 @@ from pneumo.impression import LABELS, impression_section, label_line, mentions, 
 
 DATA = Path(__file__).parent / "data"
 SETS = ("impressions.jsonl", "impressions_heldout.jsonl")
+VLM_STYLE = "impressions_heldout_vlm.jsonl"  # 66 whole outputs, written before the reader was fixed for them
 
 
 def labelled(name):
@@ -32,7 +33,28 @@ def test_error_rate_on_the_labelled_impressions_is_at_most_3_percent(name):
     assert len(wrong) <= 0.03 * len(rows), wrong
 
 
+def test_the_vlm_style_set_is_misread_at_most_5_percent_and_never_normal_as_pneumonia():
+    """Measured: 17 of 66 misread before the fix (16 as pneumonia), 3 after (4.5 %: above the 2 % goal);
+    a normal film read as pneumonia would inflate sensitivity in --evaluate: none on any set."""
+    rows = labelled(VLM_STYLE)
+    assert len(rows) >= 60
+    wrong = [(r["text"], r["label"], parse_impression(r["text"])[0]) for r in rows
+             if parse_impression(r["text"])[0] != r["label"]]
+    assert len(wrong) <= 0.05 * len(rows), wrong
+    for name in (*SETS, VLM_STYLE):
+        flipped = [r["text"] for r in labelled(name) if r["label"] == "normal" and read_free_text(r["text"]) == "pneumonia"]
+        assert not flipped, (name, flipped)
+
+
 @pytest.mark.parametrize("text,expected", [
+    ("Streaky atelectasis rather than pneumonia.", "normal"),  # preference, a pseudo-negation
+    ("Likely atelectasis. Pneumonia is considered less likely.", "uncertain"),  # comparative likelihood
+    ("Atelectasis and pneumonia cannot be distinguished.", "uncertain"),
+    ("Early infection is not entirely excluded.", "uncertain"),
+    ("Impression: Normal.\n\nNote: this is not a diagnosis; pneumonia should be excluded clinically.", "normal"),
+    ("Impression: Normal. Note that early pneumonia may not be visible.", "normal"),  # an inline note ends it
+    ("Impression: Clear lungs.\n*Disclaimer: pneumonia must be assessed by a clinician.*", "normal"),
+    ("Left lower lobe consolidation is no longer evident.", "normal"),
     ("No consolidation or infiltrate.", "normal"),          # a negated list
     ("Pneumonia is not seen.", "normal"),                   # negation after the noun
     ("Pneumonia is unlikely.", "normal"),
@@ -100,3 +122,14 @@ def test_a_negated_finding_alone_places_nothing():
     clf = {"probability": 0.9, "region": "right lung, lower zone"}
     assert "location_vs_gradcam" not in audit("No left-sided consolidation.", "normal", clf)
     assert "location_vs_gradcam" in audit("Left-sided consolidation.", "pneumonia", clf)
+
+
+def test_audit_places_each_finding_by_its_own_clause_and_checks_hedged_ones():
+    clf = {"probability": 0.9, "region": "right lung, lower zone"}
+    flags = audit("Left basal pneumonia, no right-sided consolidation.", "pneumonia", clf)  # both sides, one sentence
+    assert flags["location_vs_gradcam"].startswith("narrative places the finding on the left")
+    flags = audit("No right-sided consolidation; left basal pneumonia.", "pneumonia", clf)
+    assert flags["location_vs_gradcam"].startswith("narrative places the finding on the left")
+    assert "location_vs_gradcam" in audit("Possible left basal consolidation.", "uncertain", clf)  # hedged
+    assert "location_vs_gradcam" not in audit("Possible right basal consolidation.", "uncertain", clf)
+    assert "location_vs_gradcam" not in audit("Right lower lobe pneumonia, left lung clear.", "pneumonia", clf)

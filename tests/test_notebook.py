@@ -64,3 +64,12 @@ def test_the_install_cell_brings_task_2_alone_and_leaves_colabs_torch(notebook):
         assert name not in vlm, name
     for requirement in project["dependencies"] + [r for g in groups.values() for r in g]:
         assert "<" not in requirement and "==" not in requirement, requirement  # floors only
+
+
+def test_the_instructions_point_at_the_cell_that_holds_the_field(notebook):
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    holder = next(i for i, c in enumerate(cells) if "#@param" in c.source)
+    assert holder == 1 and "The repository" in cells[holder].source  # the second code cell
+    assert "second code cell" in notebook.cells[0].source
+    readme = (NOTEBOOK.parent.parent / "README.md").read_text()
+    assert "repository address in its second code cell" in readme

@@ -62,12 +62,12 @@ def test_each_prompt_strategy_carries_what_it_should():
     aware = build_messages("context_aware", "IMG", context)
     for messages in (zero, role, aware):
         assert [m["role"] for m in messages] == ["system", "user"]
-        assert messages[1]["content"][0] == {"type": "image", "image": "IMG"}
-        assert messages[1]["content"][1]["text"].endswith("Label: <one word: normal, pneumonia or uncertain>")
+        assert messages[1]["content"][1] == {"type": "image", "image": "IMG"}  # the quick start's order: text, image
+        assert messages[1]["content"][0]["text"].endswith("Label: <one word: normal, pneumonia or uncertain>")
     assert "radiologist" not in zero[0]["content"][0]["text"] and "radiologist" in role[0]["content"][0]["text"]
-    text = aware[1]["content"][1]["text"]
+    text = aware[1]["content"][0]["text"]
     assert "0.91" in text and "right lung, lower zone" in text and "4 had pneumonia and 1 were normal" in text
-    assert "0.91" not in role[1]["content"][1]["text"]
+    assert "0.91" not in role[1]["content"][0]["text"]
 
 
 def test_tiny_gemma3_loads_through_the_medgemma_path_and_generates_in_batches(tiny_vlm):
@@ -280,9 +280,9 @@ def test_prompts_render_in_gemma_3s_documented_format(tiny_vlm):
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(tiny_vlm)
     messages = build_messages("clinical_role", "IMG")
-    system, instruction = messages[0]["content"][0]["text"], messages[1]["content"][1]["text"]
+    system, instruction = messages[0]["content"][0]["text"], messages[1]["content"][0]["text"]
     rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert rendered == (f"<bos><start_of_turn>user\n{system}\n\n<start_of_image>{instruction}<end_of_turn>\n"
+    assert rendered == (f"<bos><start_of_turn>user\n{system}\n\n{instruction}<start_of_image><end_of_turn>\n"
                         f"<start_of_turn>model\n")
     ids = processor.apply_chat_template([build_messages("zero_shot", Image.new("RGB", (28, 28)))],
                                         add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0]
