@@ -67,6 +67,6 @@ class Classifier:
             raise UserError(f"the classifier {self.meta['path']} gave non-finite embeddings; nothing is searched")
         return vectors
 
-    def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64):
+    def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64, desc=None):
         """Grad-CAM maps (N, size, size) in [0, 1] and the class each explains (argmax when not given)."""
-        return gradcam_maps(self.model, images, self.normalization, self.device, target_classes, layer, batch_size)
+        return gradcam_maps(self.model, images, self.normalization, self.device, target_classes, layer, batch_size, desc)

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tqdm.auto import tqdm
 
 from .data import normalize
 
@@ -17,14 +18,14 @@ DELETION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 def gradcam_maps(model, images_uint8, normalization, device, target_classes=None,
-                 layer=DEFAULT_LAYER, batch_size=64):
+                 layer=DEFAULT_LAYER, batch_size=64, desc=None):
     """Grad-CAM maps (N, H, W) in [0, 1] at input resolution, and the target class of each image
-    (the predicted class unless given)."""
+    (the predicted class unless given). `desc` shows a progress bar over the batches."""
     model.eval()
     images = torch.as_tensor(np.asarray(images_uint8))
     maps, targets_used = [], []
     with GradCAM(model=model, target_layers=[model.stage_outputs()[layer]]) as cam:
-        for start in range(0, len(images), batch_size):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
             x = normalize(images[start:start + batch_size], normalization).to(device)
             if target_classes is None:
                 with torch.no_grad():
@@ -37,7 +38,7 @@ def gradcam_maps(model, images_uint8, normalization, device, target_classes=None
 
 
 def deletion_curves(model, images_uint8, maps, target_classes, normalization, device,
-                    fractions=DELETION_FRACTIONS, batch_size=256):
+                    fractions=DELETION_FRACTIONS, batch_size=256, desc=None):
     """Deletion test (Petsiuk et al. 2018, RISE): replace the most relevant pixels first by a
     blurred copy of the image (no sharp artificial edges) and follow the probability of the target
     class. Returns (N, len(fractions)) probabilities; a faithful map makes them fall fast, so the
@@ -50,7 +51,7 @@ def deletion_curves(model, images_uint8, maps, target_classes, normalization, de
     targets = torch.as_tensor(np.asarray(target_classes), dtype=torch.long)
     curves = []
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
             x = normalize(images[start:start + batch_size], normalization).to(device)
             blurred = gaussian_blur(x, kernel_size=9, sigma=3.0)
             m = maps[start:start + batch_size].flatten(1).to(device)

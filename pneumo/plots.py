@@ -1,5 +1,6 @@
 """The project's figures: panel galleries of X-rays (with Grad-CAM overlays), evaluation plots,
 training curves and deletion curves. Each writes one PNG atomically and returns its path."""
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,10 @@ def plot_panels(panels, path, title=None, cols=4):
     rows = max(1, int(np.ceil(len(panels) / cols)))
     cols = min(cols, max(1, len(panels)))
     panel_height = 3.3 + 0.25 * lines
-    height = panel_height * rows + (0.5 if title else 0)
+    if title:  # wrapped to the figure's width (about 10 characters an inch at this size), never cut
+        title = textwrap.fill(title, width=max(28, int(3.2 * cols * 10)))
+    title_height = 0.3 + 0.22 * title.count("\n") + 0.2 if title else 0
+    height = panel_height * rows + title_height
     fig, axes = _pyplot().subplots(rows, cols, figsize=(3.2 * cols, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -67,7 +71,7 @@ def plot_panels(panels, path, title=None, cols=4):
         ax.set_title(text, fontsize=8.5, color=panel.get("color", "black"))
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(h_pad=1.5, rect=(0, 0, 1, 1 - 0.5 / height) if title else None)
+    fig.tight_layout(h_pad=1.5, rect=(0, 0, 1, 1 - title_height / height) if title else None)
     return _save(fig, path, dpi=110, tight=False)
 
 

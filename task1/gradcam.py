@@ -110,9 +110,10 @@ def faithfulness(args, run, clf):
         if name == "random":
             maps = rng.random((len(images), *images.shape[1:])).astype(np.float32)
         else:
-            maps, targets = clf.gradcam(images, layer=name, batch_size=args.batch_size)
+            maps, targets = clf.gradcam(images, layer=name, batch_size=args.batch_size, desc=f"Grad-CAM {name}")
         map_seconds = time.perf_counter() - start
-        curves = deletion_curves(clf.model, images, maps, targets, clf.normalization, clf.device)
+        curves = deletion_curves(clf.model, images, maps, targets, clf.normalization, clf.device,
+                                 desc=f"deletion test, {name} maps")
         mean_auc, interval = mean_with_interval(deletion_auc(curves), seed=args.seed)
         results[name] = {"deletion_auc": mean_auc, "deletion_auc_ci95": interval,
                          "mean_curve": [round(float(v), 4) for v in curves.mean(axis=0)],

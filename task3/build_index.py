@@ -53,7 +53,10 @@ def main(args):
         check_writable(args.out, "file")
         check_writable(meta_path(args.out), "file")
     else:
-        connect(args.uri, create=True)  # a wrong address fails here, before any embedding
+        # a wrong address fails here, before any embedding; the connection is closed at once and opened
+        # again for the insert, since an idle gRPC channel held through a long embedding can be dropped
+        # by the server ("too_many_pings")
+        connect(args.uri, create=True).close()
     run = print_run_header("build_index", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)

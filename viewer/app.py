@@ -240,8 +240,10 @@ def main(args):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain kill also removes the temporary folder
     print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it); uploads and downloads "
           f"live in {TEMP_ROOT} until it stops", flush=True)
+    # quiet without --share: the line above says where it serves, and Gradio's own banner would advise
+    # `share=True` in `launch()`, where this script's flag is --share; with --share it prints the public link
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                  show_error=False, quiet=False)
+                                                  show_error=False, quiet=not args.share)
 
 
 if __name__ == "__main__":
