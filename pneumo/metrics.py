@@ -71,16 +71,8 @@ def with_bootstrap(labels, probs, thresholds, n_resamples=1000, seed=0) -> list:
 
     def statistic(y, p, axis=-1):
         y, p = np.moveaxis(y, axis, -1), np.moveaxis(p, axis, -1)
-        flat_y, flat_p = y.reshape(-1, y.shape[-1]), p.reshape(-1, p.shape[-1])
-        auc, pr_auc = rank_metrics_rows(flat_y, flat_p)
-        rows = []
-        for threshold in thresholds:
-            pred, pos = decide(flat_p, threshold).astype(bool), flat_y == 1
-            tp, fp = (pred & pos).sum(1), (pred & ~pos).sum(1)
-            fn, tn = (~pred & pos).sum(1), (~pred & ~pos).sum(1)
-            rows += [(tp + tn) / flat_y.shape[1], _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp),
-                     _ratio(2 * tp, 2 * tp + fp + fn), auc, pr_auc]
-        return np.stack(rows).reshape(len(rows), *y.shape[:-1])
+        rows = metrics_rows(y.reshape(-1, y.shape[-1]), p.reshape(-1, p.shape[-1]), thresholds)
+        return rows.reshape(len(rows), *y.shape[:-1])
 
     with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC (nan)
         ci = bootstrap((labels, probs), statistic, paired=True, vectorized=True, n_resamples=n_resamples,
@@ -94,6 +86,21 @@ def with_bootstrap(labels, probs, thresholds, n_resamples=1000, seed=0) -> list:
                          for i, name in enumerate(CI_METRICS)}
         results.append(point)
     return results
+
+
+def metrics_rows(labels, probs, thresholds):
+    """CI_METRICS of every row of (R, N) label / probability arrays at each threshold, as binary_metrics
+    computes them for one row (0 where a ratio has no denominator): a (len(thresholds) * len(CI_METRICS), R)
+    array, threshold-major. Every row must hold both classes for its AUCs."""
+    auc, pr_auc = rank_metrics_rows(labels, probs)
+    rows = []
+    for threshold in thresholds:
+        pred, pos = decide(probs, threshold).astype(bool), labels == 1
+        tp, fp = (pred & pos).sum(1), (pred & ~pos).sum(1)
+        fn, tn = (~pred & pos).sum(1), (~pred & ~pos).sum(1)
+        rows += [(tp + tn) / labels.shape[1], _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp),
+                 _ratio(2 * tp, 2 * tp + fp + fn), auc, pr_auc]
+    return np.stack(rows)
 
 
 def _ratio(num, den):

@@ -47,3 +47,39 @@ def test_a_probability_equal_to_the_threshold_is_normal():
     labels, probs = [0] * 5 + [1] * 5, [0.5] * 5 + [0.9] * 5  # every normal film sits on the threshold
     [point] = with_bootstrap(labels, probs, (0.5,), n_resamples=50)
     assert point["accuracy"] == 1.0 and point["ci95"]["accuracy"] == [1.0, 1.0]  # the resamples decide alike
+
+
+def test_the_vectorised_bootstrap_statistic_equals_binary_metrics_row_by_row():
+    """with_bootstrap scores every resample with metrics_rows; each row must be what binary_metrics
+    (scikit-learn) gives for the same images, at every threshold."""
+    from pneumo.metrics import CI_METRICS, metrics_rows
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.r_[0, 1, rng.integers(0, 2, 38)], (6, 1))
+    probs = np.round(rng.random(labels.shape), 1)  # ties, and values equal to a threshold
+    rows = rng.permuted(np.arange(labels.shape[1])[None].repeat(6, 0), axis=1)  # six resample orders
+    labels, probs = np.take_along_axis(labels, rows, 1), np.take_along_axis(probs, rows, 1)
+    thresholds = (0.5, 0.3, 0.85)
+    got = metrics_rows(labels, probs, thresholds)
+    for r in range(len(labels)):
+        for t, threshold in enumerate(thresholds):
+            expected = binary_metrics(labels[r], probs[r], threshold)
+            for i, name in enumerate(CI_METRICS):
+                assert got[t * len(CI_METRICS) + i, r] == pytest.approx(expected[name], abs=1e-12), (name, threshold)
+
+
+def test_degenerate_counts_follow_one_rule():
+    """No positive prediction: precision 0; one class: no AUC (nan); both stated, never a crash."""
+    m = binary_metrics([0, 0, 0], [0.1, 0.2, 0.3], 0.5)
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (3, 0, 0, 0) and m["threshold"] == 0.5
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0 and m["specificity"] == 1.0
+    assert np.isnan(m["auc"]) and np.isnan(m["pr_auc"])
+    m = binary_metrics([1, 1], [0.1, 0.2], 0.5)
+    assert m["specificity"] == 0.0 and m["recall"] == 0.0 and np.isnan(m["auc"])
+    m = binary_metrics([0, 1, 1, 0], [0.9, 0.8, 0.1, 0.2], 0.5)  # tp = fp = fn = tn = 1
+    assert (m["precision"], m["recall"], m["specificity"], m["f1"]) == (0.5, 0.5, 0.5, 0.5)
+
+
+def test_youden_threshold_lies_between_the_scores_it_separates():
+    assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(0.5)
+    assert youden_threshold([0, 1, 0, 0], [0.1, 0.9, 0.2, 0.3]) == pytest.approx(0.6)  # the top score alone
+    assert youden_threshold([1, 1, 0], [0.1, 0.2, 0.9]) == 1.0  # no threshold beats calling nothing pneumonia
