@@ -9,12 +9,13 @@ Writes <out>/task3_backend_agreement.json.
 """
 from pathlib import Path
 
+from pneumo.archive import open_index
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
 from pneumo.model import EMBEDDING_DIM
-from pneumo.retrieval import DEFAULT_INDEX, open_index, search
+from pneumo.retrieval import DEFAULT_INDEX, search
 from pneumo.runtime import exit_on_user_error, resolve_device
 
 TIE = 1e-3  # distances closer than this are the same distance in float32 arithmetic

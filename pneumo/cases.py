@@ -7,15 +7,36 @@ A case is a dict: name, label (None for a user's file), key ((split, index) or N
 file or None), small (uint8 at the classifier's size), and for the VLM vlm_image (PIL) and vlm_source.
 """
 import numpy as np
+from PIL import Image
 
 from .audit import audit
+from .data import CLASS_NAMES, read_picture
 from .explain import coarse_region
 from .impression import parse_impression
 from .retrieval import exclusions, search
+from .runtime import UserError
 from .screening import screen_inputs
 from .vlm import build_messages, generate
 
 NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "distance", "similarity")
+
+
+def vlm_picture(case, large=None):
+    """(PIL picture, source) the VLM reads for a case; the one rule for every script and the viewer.
+    A user's file: the file itself at full size ("file"). A dataset case: the same film at MedMNIST+'s
+    larger size when `large` = (images, labels, size) of its split is given ("medmnist_<size>px"); a label
+    that disagrees with the case's means a file of another release and is refused, never replaced. Without
+    `large`: the classifier's own image ("medmnist_<its size>px"); callers say so."""
+    if case["path"]:
+        return read_picture(case["path"]).convert("RGB"), "file"
+    split, index = case["key"]
+    if large is None:
+        return Image.fromarray(case["small"]).convert("RGB"), f"medmnist_{len(case['small'])}px"
+    images, labels, size = large
+    if CLASS_NAMES[int(labels[index])] != case["label"]:
+        raise UserError(f"the {size}-px file disagrees with the classifier's on the label of {split} #{index}; "
+                        f"both must be PneumoniaMNIST files of the same release")
+    return Image.fromarray(images[index]).convert("RGB"), f"medmnist_{size}px"
 
 
 def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import DEFAULT_CHECKPOINT
 from .data import SIZES, SPLITS, default_data_root
-from .runtime import DEFAULT_RUN
+from .runtime import DEFAULT_RUN, UserError, resolve_device
 
 
 def positive_int(text: str) -> int:
@@ -22,7 +22,6 @@ def positive_int(text: str) -> int:
 
 def device_name(text: str) -> str:
     """An argparse type that refuses a device torch cannot name, before any work starts."""
-    from .runtime import UserError, resolve_device
     if text != "auto":
         try:
             resolve_device(text)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from .runtime import UserError
+from .errors import UserError
 
 CLASS_NAMES = ("normal", "pneumonia")
 SIZES = (28, 64, 128, 224)

@@ -3,6 +3,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
+from .data import ensure_data_file
+
 
 def decide(probs, threshold: float):
     """The one decision rule: pneumonia (1) where P(pneumonia) is strictly above the threshold
@@ -130,7 +132,6 @@ def medmnist_check(data_root, split, size, probs) -> dict:
     """AUC and ACC as medmnist.Evaluator computes them from the same probabilities (a cross-check)."""
     import medmnist
 
-    from .data import ensure_data_file
     root = ensure_data_file(data_root, size).parent
     scores = np.stack([1 - np.asarray(probs), np.asarray(probs)], axis=1)
     auc, acc = medmnist.Evaluator("pneumoniamnist", split, size=size, root=str(root)).evaluate(scores)

@@ -107,15 +107,6 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None):
     return index, meta
 
 
-def open_index(backend, index_path, uri, collection, checkpoint_sha256: str, dim: int | None = None):
-    """(index, metadata) of the archive wherever it lives: the FAISS pair at index_path, or the Milvus
-    collection at uri (pneumo.milvus_archive); both come back searchable by `search`."""
-    if backend == "milvus":
-        from .milvus_archive import load_milvus
-        return load_milvus(uri, collection, checkpoint_sha256, dim)
-    return load_index(index_path, checkpoint_sha256, dim)
-
-
 def describe(args) -> str:
     """Where the archive of a script's --backend flags lives, in words for its outputs."""
     return f"milvus {args.uri} ({args.collection})" if args.backend == "milvus" else str(args.index)

@@ -1,33 +1,20 @@
 """Run set-up shared by every script: errors for users, seeding, device, provenance."""
-import contextlib
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .data import input_names
+from .errors import UserError as UserError  # noqa: F401  (its home is pneumo.errors)
+from .errors import exit_on_user_error as exit_on_user_error  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where a script writes when no --out is given: an ignored folder, so the committed models/ and
 # reports/ (the published results of the shipped checkpoint) change only when a maintainer asks.
 DEFAULT_RUN = Path("runs/default")
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad input, missing file); shown as one line, exit code 1."""
-
-
-@contextlib.contextmanager
-def exit_on_user_error():
-    """Turn a UserError into a one-line message on stderr and a non-zero exit."""
-    try:
-        yield
-    except UserError as err:
-        sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +57,6 @@ def print_run_header(script: str, args) -> dict:
     """Print seed, commit and sorted args at start-up; return them for the run's records."""
     shown = dict(vars(args))
     if shown.get("images"):  # user files as the outputs record them, never the typed path
-        from .data import input_names
         shown["images"] = input_names(shown["images"], shown.get("record_names", "relative"))
     record = {"script": script, "git_commit": git_commit(),
               "args": {k: _plain(v) for k, v in sorted(shown.items())}}

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import picture_size
+from .errors import UserError
+from .retrieval import exclusions, load_index, search
 
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
 # publishes is 64 px, and the source films are over 1,000 px.
@@ -95,8 +97,6 @@ def screen(images, paths=None, nearest_scores=None, ood=None) -> list:
 def open_archive(path, clf, dim):
     """(index, metadata) for the out-of-distribution flags, or None with a one-line note: a missing or
     stale archive leaves those flags out but does not stop the classifier's own answer."""
-    from .retrieval import load_index
-    from .runtime import UserError
     try:
         return load_index(path, clf.sha256, dim)
     except UserError as err:
@@ -110,7 +110,6 @@ def screen_inputs(clf, images, paths=None, archive=None, keys=None, vectors=None
     `vectors` are the images' embeddings when the caller already has them."""
     if archive is None or "ood" not in archive[1]:
         return screen(images, paths)
-    from .retrieval import exclusions, search
     index, meta = archive
     vectors = clf.embed(images) if vectors is None else vectors
     hits = search(index, meta, vectors, 1, exclusions(meta, keys or [None] * len(images)))

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .cases import add_classifier_blocks, markdown_report, narrate, narrative_record
+from .archive import open_index
+from .cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_image_file, load_split, read_picture
 from .explain import coarse_region, overlay
 from .model import EMBEDDING_DIM
-from .retrieval import open_index
 from .runtime import UserError
 
 WRITTEN_BY = "viewer/app.py"
@@ -110,14 +109,12 @@ class CaseViewer:
         return record
 
     def vlm_image(self, case):
-        if case["path"]:
-            return read_picture(case["path"]).convert("RGB"), "file"
-        split, index = case["key"]
-        if data_file(self.data_root, 224).exists():  # MedMNIST+'s largest size, when it is on disk
-            images, labels = self.split(split, 224)
-            if CLASS_NAMES[labels[index]] == case["label"]:
-                return Image.fromarray(images[index]).convert("RGB"), "medmnist_224px"
-        return Image.fromarray(case["small"]).convert("RGB"), f"medmnist_{self.clf.image_size}px"
+        """pneumo.cases.vlm_picture, with MedMNIST+'s 224-px film when it is on disk (a file of another
+        release is refused there, as in generate_reports)."""
+        large = None
+        if not case["path"] and data_file(self.data_root, 224).exists():
+            large = (*self.split(case["key"][0], 224), 224)
+        return vlm_picture(case, large)
 
     def report(self, case):
         """(Markdown, JSON text) of the case's report: the same Markdown generate_reports writes."""

@@ -18,15 +18,14 @@ from pathlib import Path
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
 
 import numpy as np
-from PIL import Image
 
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from pneumo.audit import FLAGS
-from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record
+from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, SIZES, load_inputs, load_split, read_picture
+from pneumo.data import SIZES, load_inputs, load_split
 from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, load_index
 from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
@@ -118,13 +117,12 @@ def gather_cases(args, size):
     small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, size, args.record_names)
     cases = []
     for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
-        if key is None:  # a user's file: the VLM sees it at full size, the classifier at its own size
-            vlm_image = read_picture(args.images[position]).convert("RGB")  # DICOM too, as a reader sees it
-            case_slug, source = slug(Path(name).stem), "file"
-        else:
-            vlm_image, case_slug, source = None, f"{key[0]}_{key[1]}", None
-        cases.append({"name": name, "slug": case_slug, "small": image, "vlm_image": vlm_image, "vlm_source": source,
-                      "label": label, "key": key, "path": args.images[position] if key is None else None})
+        case = {"name": name, "slug": slug(Path(name).stem) if key is None else f"{key[0]}_{key[1]}", "small": image,
+                "label": label, "key": key, "path": args.images[position] if key is None else None,
+                "vlm_image": None, "vlm_source": None}
+        if key is None:  # a user's file: the VLM sees it at full size (DICOM too, as a reader sees it)
+            case["vlm_image"], case["vlm_source"] = vlm_picture(case)
+        cases.append(case)
     return cases
 
 
@@ -150,12 +148,7 @@ def attach_vlm_images(args, cases):
         print(f"warning: the VLM sees {size}-px images: {reason}")
         images, labels = None, None
     for case in keyed:
-        index = case["key"][1]
-        if images is not None and CLASS_NAMES[labels[index]] != case["label"]:
-            raise UserError(f"the {size}-px file disagrees with the classifier's on the label of {args.split} #{index}; "
-                            f"both must be PneumoniaMNIST files of the same release")
-        picture = images[index] if images is not None else case["small"]
-        case["vlm_image"], case["vlm_source"] = Image.fromarray(picture).convert("RGB"), f"medmnist_{size}px"
+        case["vlm_image"], case["vlm_source"] = vlm_picture(case, None if images is None else (images, labels, size))
 
 
 def classifier_blocks(args, cases, clf):

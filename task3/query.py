@@ -12,6 +12,7 @@ A query that is itself in the archive is left out of its own results.
 """
 from pathlib import Path
 
+from pneumo.archive import open_index
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
@@ -19,7 +20,7 @@ from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices
 from pneumo.data import CLASS_NAMES, load_inputs, load_split
 from pneumo.model import EMBEDDING_DIM
 from pneumo.plots import plot_panels
-from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, open_index, retrieval_scores, search
+from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 from pneumo.screening import nearest_score, print_flags, screen
 

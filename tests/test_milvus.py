@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_cli
+from pneumo.archive import open_index
 from pneumo.classifier import Classifier
 from pneumo.data import load_split
 from pneumo.model import EMBEDDING_DIM
-from pneumo.retrieval import open_index, search
+from pneumo.retrieval import search
 from pneumo.runtime import UserError
 
 pytest.importorskip("milvus_lite", reason="no Milvus Lite wheel for this platform (pip install milvus-lite)")

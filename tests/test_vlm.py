@@ -395,3 +395,19 @@ def test_evaluate_runs_end_to_end_with_the_tiny_vlm(tiny_vlm, trained_checkpoint
     table = json.loads((tmp_path / "e" / "evaluation.json").read_text())["rows"][0]
     assert table["n"] == 3 and table["label_line_rate"] == 0.0  # the random model writes no Label line
     assert {f"{flag}_rate" for flag in ("contradicts_classifier", "location_vs_gradcam", "unasked_findings")} <= set(table)
+
+
+def test_the_viewer_and_generate_reports_give_the_vlm_the_same_film_by_one_rule(tmp_path):
+    """pneumo.cases.vlm_picture decides for both: the 224-px film when it agrees, a refusal when the
+    large file is of another release (the viewer used to fall back silently), the thumbnail without it."""
+    from pneumo.cases import vlm_picture
+    root = write_multisize(tmp_path)
+    args = generate_reports.parse_args(["--data_root", str(root), "--indices", "3"])
+    [case] = generate_reports.gather_cases(args, 28)
+    with np.load(data_file(root, 224)) as f:
+        images, labels = f["test_images"], f["test_labels"].ravel()
+    picture, source = vlm_picture(case, (images, labels, 224))
+    assert source == "medmnist_224px" and np.array_equal(np.asarray(picture)[..., 0], images[3])
+    assert vlm_picture(case)[1] == "medmnist_28px" and vlm_picture(case)[0].size == (28, 28)
+    with pytest.raises(UserError, match="another release|same release"):
+        vlm_picture(case, (images, 1 - labels, 224))
