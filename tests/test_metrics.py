@@ -83,3 +83,25 @@ def test_youden_threshold_lies_between_the_scores_it_separates():
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(0.5)
     assert youden_threshold([0, 1, 0, 0], [0.1, 0.9, 0.2, 0.3]) == pytest.approx(0.6)  # the top score alone
     assert youden_threshold([1, 1, 0], [0.1, 0.2, 0.9]) == 1.0  # no threshold beats calling nothing pneumonia
+
+
+def test_bootstrap_intervals_equal_scipys_plain_bootstrap_of_binary_metrics():
+    """The vectorised pass gives the intervals that scipy.stats.bootstrap gives for each metric computed
+    one resample at a time by binary_metrics, with the same seed and therefore the same resamples."""
+    from scipy.stats import bootstrap
+
+    from pneumo.metrics import CI_METRICS, with_bootstrap
+    rng = np.random.default_rng(3)
+    labels = np.r_[0, 1, rng.integers(0, 2, 58)]
+    probs = np.clip(labels * 0.35 + rng.random(60) * 0.65, 0, 1)
+    thresholds = (0.5, 0.42)
+    results = with_bootstrap(labels, probs, thresholds, n_resamples=60, seed=7)
+    for threshold, result in zip(thresholds, results):
+        for name in CI_METRICS:
+            def one(y, p, name=name, threshold=threshold):
+                value = binary_metrics(y, p, threshold)[name] if len(set(y)) == 2 or name not in ("auc", "pr_auc") else np.nan
+                return value
+            with np.errstate(invalid="ignore"):
+                plain = bootstrap((labels, probs), one, paired=True, vectorized=False, n_resamples=60, method="percentile",
+                                  confidence_level=0.95, random_state=np.random.default_rng(7)).confidence_interval
+            assert result["ci95"][name] == pytest.approx([plain.low, plain.high], abs=1e-12), (name, threshold)
