@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from pneumo.data import write_synthetic_npz  # noqa: E402
 from pneumo.runtime import exit_on_user_error  # noqa: E402
+from pneumo.synthetic import write_synthetic_npz  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 SHARED_SAMPLES = REPO.parent / "shared" / "samples"

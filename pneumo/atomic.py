@@ -1,16 +1,17 @@
-"""The one way the project writes a file: into a uniquely named temp file beside the target, then an
+"""File helpers: the SHA-256 of a file, and the one way the project writes a file: into a uniquely named temp file beside the target, then an
 atomic rename. Readers never see half a file, two writers never share a temp file, and a failed or
 interrupted write leaves the old file (or none) and no temp file behind."""
 import contextlib
 import csv
 import glob
+import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 
-from .runtime import UserError
+from .errors import UserError
 
 
 def check_writable(path, kind: str = "folder") -> Path:
@@ -128,3 +129,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

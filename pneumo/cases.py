@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 
 from .audit import audit
-from .data import CLASS_NAMES, read_picture
+from .data import CLASS_NAMES
 from .explain import coarse_region
 from .impression import parse_impression
+from .pictures import read_picture
 from .retrieval import exclusions, search
 from .runtime import UserError
 from .screening import screen_inputs

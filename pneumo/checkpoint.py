@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CLASS_NAMES, file_sha256
+from .atomic import file_sha256
+from .data import CLASS_NAMES
 from .model import ARCH, build_model, unwrap
 from .runtime import UserError
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import input_names
 from .errors import UserError as UserError  # noqa: F401  (its home is pneumo.errors)
 from .errors import exit_on_user_error as exit_on_user_error  # noqa: F401
+from .pictures import input_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where a script writes when no --out is given: an ignored folder, so the committed models/ and

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import picture_size
 from .errors import UserError
+from .pictures import picture_size
 from .retrieval import exclusions, load_index, search
 
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+

@@ -10,9 +10,10 @@ import numpy as np
 from .archive import open_index
 from .cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
-from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_image_file, load_split, read_picture
+from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_split
 from .explain import coarse_region, overlay
 from .model import EMBEDDING_DIM
+from .pictures import load_image_file, read_picture
 from .runtime import UserError
 
 WRITTEN_BY = "viewer/app.py"

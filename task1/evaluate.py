@@ -18,10 +18,11 @@ import numpy as np
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, check_indices, load_inputs, load_split
+from pneumo.data import CLASS_NAMES, check_indices, load_split
 from pneumo.explain import DEFAULT_LAYER
 from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, with_bootstrap
 from pneumo.model import EMBEDDING_DIM
+from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device

@@ -17,10 +17,11 @@ import numpy as np
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, load_inputs, load_split
+from pneumo.data import CLASS_NAMES, load_split
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
 from pneumo.model import EMBEDDING_DIM
+from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, seed_everything

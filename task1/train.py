@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pneumo.atomic import check_writable, save_torch_atomic, write_json_atomic
+from pneumo.atomic import check_writable, file_sha256, save_torch_atomic, write_json_atomic
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
 from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, file_sha256, load_split, train_augmentation
+from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, load_split, train_augmentation
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap

@@ -25,8 +25,9 @@ from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrat
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import SIZES, load_inputs, load_split
+from pneumo.data import SIZES, load_split
 from pneumo.model import EMBEDDING_DIM
+from pneumo.pictures import load_inputs
 from pneumo.retrieval import DEFAULT_INDEX, load_index
 from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
 from pneumo.screening import print_flags

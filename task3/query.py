@@ -17,8 +17,9 @@ from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, load_inputs, load_split
+from pneumo.data import CLASS_NAMES, load_split
 from pneumo.model import EMBEDDING_DIM
+from pneumo.pictures import load_inputs
 from pneumo.plots import plot_panels
 from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_SAMPLES, SYNTHETIC_COUNTS
-from pneumo import data
+from pneumo import data, pictures, synthetic
 from pneumo.runtime import UserError
 
 
@@ -16,7 +16,7 @@ def test_loads_each_split_with_shapes_and_binary_labels(synthetic_root):
 
 @pytest.mark.parametrize("size", [64, 128, 224])
 def test_medmnist_plus_sizes_use_their_own_file(tmp_path, size):
-    data.write_synthetic_npz(tmp_path / f"pneumoniamnist_{size}.npz", size=size,
+    synthetic.write_synthetic_npz(tmp_path / f"pneumoniamnist_{size}.npz", size=size,
                              counts={"train": 4, "val": 4, "test": 4})
     images, _ = data.load_split(tmp_path, "val", size)
     assert images.shape == (4, size, size)
@@ -83,7 +83,7 @@ def test_any_image_mode_and_size_becomes_model_input(tmp_path, mode, shape):
         img = Image.fromarray(rng.integers(0, 255, (*shape[::-1], 3), dtype=np.uint8)).convert(mode)
     path = tmp_path / "x.png"
     img.save(path)
-    out = data.load_image_file(path, 28)
+    out = pictures.load_image_file(path, 28)
     assert out.shape == (28, 28) and out.dtype == np.uint8 and out.std() > 0
 
 
@@ -91,21 +91,21 @@ def test_centre_crop_keeps_the_middle_square(tmp_path):
     wide = np.zeros((100, 300), np.uint8)
     wide[:, 100:200] = 255  # only the centre square is white
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    assert data.load_image_file(tmp_path / "wide.png", 28).min() > 240
+    assert pictures.load_image_file(tmp_path / "wide.png", 28).min() > 240
 
 
 def test_unreadable_and_missing_images_are_refused(tmp_path):
     (tmp_path / "notes.png").write_text("this is text, not an image")
     with pytest.raises(UserError, match="not a readable image"):
-        data.load_image_file(tmp_path / "notes.png")
+        pictures.load_image_file(tmp_path / "notes.png")
     with pytest.raises(UserError, match="does not exist"):
-        data.load_image_file(tmp_path / "absent.jpeg")
+        pictures.load_image_file(tmp_path / "absent.jpeg")
 
 
 @pytest.mark.skipif(not SHARED_SAMPLES.exists(), reason="real sample X-rays not present")
 def test_real_full_size_xray_converts():
     sample = next(SHARED_SAMPLES.glob("*/*.jpeg"))
-    out = data.load_image_file(sample, 28)
+    out = pictures.load_image_file(sample, 28)
     assert out.shape == (28, 28) and 20 < out.mean() < 235
 
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import error_line, run_cli
-from pneumo.data import load_image_file, read_dicom, stretch
+from pneumo.dicom import read_dicom, stretch
+from pneumo.pictures import load_image_file
 from pneumo.runtime import UserError
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "shared" / "samples").glob("*/*.jpeg"))

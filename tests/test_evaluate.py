@@ -90,7 +90,7 @@ def test_user_files_get_a_probability_and_the_stored_decision(trained_checkpoint
     assert all(float(r["threshold"]) == clf.threshold for r in rows)
     assert [r["prediction"] for r in rows] == ["pneumonia" if p > clf.threshold else "normal" for p in probs]
     assert [r["prediction"] for r in rows] == ["pneumonia" if y else "normal" for y in labels[:4]]  # right on these
-    from pneumo.data import load_image_file
+    from pneumo.pictures import load_image_file
     films = np.stack([load_image_file(p, clf.image_size) for p in paths])
     assert probs == pytest.approx(clf.predict_proba(films), abs=1e-6)
     shown = [line.split() for line in result.stdout.splitlines() if line.strip().endswith(".png")]

@@ -105,7 +105,7 @@ def test_outputs_go_to_an_ignored_run_folder_by_default():
 def test_files_in_a_class_named_folder_carry_that_label(tmp_path):
     from PIL import Image
 
-    from pneumo.data import load_inputs
+    from pneumo.pictures import load_inputs
     paths = []
     for folder in ("normal", "Pneumonia", "mine"):
         (tmp_path / folder).mkdir()

@@ -6,8 +6,9 @@ from PIL import Image, ImageDraw
 
 from conftest import REPO, SHARED_SAMPLES
 from pneumo.classifier import Classifier
-from pneumo.data import load_inputs, load_split
+from pneumo.data import load_split
 from pneumo.model import EMBEDDING_DIM
+from pneumo.pictures import load_inputs
 from pneumo.retrieval import load_index
 from pneumo.screening import file_flags, image_flags, ood_flags, screen_inputs
 

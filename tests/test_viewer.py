@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import REPO, files_under
 from pneumo.classifier import Classifier
-from pneumo.data import load_image_file
+from pneumo.pictures import load_image_file
 from pneumo.viewer import CaseViewer
 from viewer import app
 

@@ -1,0 +1,96 @@
+"""Pictures a user brings (PNG, JPEG, DICOM, any size and mode) and what a script was asked to look at:
+read as 8-bit grayscale, made the way PneumoniaMNIST was made, and named in outputs without leaking paths."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .atomic import file_sha256
+from .data import CLASS_NAMES, check_indices, load_split
+from .dicom import is_dicom, read_dicom, stretch
+from .errors import UserError
+
+
+def input_names(paths, record: str = "relative") -> list:
+    """What outputs record for a user's files, so that a path holding a patient's name does not land in
+    reports: the path relative to the folder the user ran from (a file outside it: its name alone), or
+    with record="digest" only 'sha256:' and the first 16 hex digits of the file's content."""
+    if record not in ("relative", "digest"):
+        raise ValueError(f"record must be 'relative' or 'digest', not {record!r}")
+    names = []
+    for path in map(Path, paths):
+        if record == "digest":
+            names.append(f"sha256:{file_sha256(path)[:16]}" if path.is_file() else "sha256:missing")
+            continue
+        try:
+            names.append(str(path.resolve().relative_to(Path.cwd().resolve())))
+        except ValueError:
+            names.append(path.name)
+    return names
+
+
+def load_inputs(images, indices, data_root, split: str, size: int, record: str = "relative"):
+    """What a script was asked to look at: image files, or dataset indices (default test 0, 20, 70:
+    pneumonia, normal, pneumonia). uint8 images (N, size, size), class-name labels (for files, the
+    name of the folder they sit in when it is a class name, else None), display names (for files, as
+    input_names records them) and (split, index) keys (None for files)."""
+    if images:
+        arrays = np.stack([load_image_file(p, size) for p in images])
+        return arrays, [label_from_folder(p) for p in images], input_names(images, record), [None] * len(arrays)
+    all_images, all_labels = load_split(data_root, split, size)
+    chosen = check_indices(indices if indices is not None else [0, 20, 70], len(all_labels), split)
+    return (all_images[chosen], [CLASS_NAMES[all_labels[i]] for i in chosen],
+            [f"{split} #{i}" for i in chosen], [(split, i) for i in chosen])
+
+
+def label_from_folder(path):
+    """'normal' or 'pneumonia' when a file sits in a folder of that name (as in the public Kermany
+    layout and ../shared/samples), else None: the label is unknown."""
+    folder = Path(path).parent.name.lower()
+    return folder if folder in CLASS_NAMES else None
+
+
+def load_image_file(path, size: int = 28) -> np.ndarray:
+    """A user's image made the way PneumoniaMNIST was: grayscale, centre crop to the short side,
+    antialiased resize. Any PIL-readable file of any size and mode, or a DICOM file; uint8 (size, size)."""
+    img = read_picture(path)
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.array(img, dtype=np.uint8)  # writable, unlike np.asarray of a PIL image
+
+
+def read_picture(path) -> Image.Image:
+    """The file as an 8-bit grayscale PIL image at its own size: DICOM through read_dicom, anything
+    else through PIL (16-bit and float stretched to 8 bits, transparency over black)."""
+    if is_dicom(path):
+        return Image.fromarray(read_dicom(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except FileNotFoundError:
+        raise UserError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                        f"downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"{path} is not a readable image ({type(err).__name__})") from None
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: stretch to 8 bits
+        img = Image.fromarray(stretch(np.asarray(img, dtype=np.float64)))
+    elif img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("L")
+
+
+def picture_size(path) -> tuple:
+    """(width, height) of an image file from its header alone (DICOM: Columns, Rows)."""
+    if is_dicom(path):
+        import pydicom
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.get("Columns", 0)), int(ds.get("Rows", 0))
+    with Image.open(path) as img:
+        return img.size
