@@ -58,6 +58,10 @@ def test_the_vectorised_bootstrap_statistic_equals_binary_metrics_row_by_row():
     probs = np.round(rng.random(labels.shape), 1)  # ties, and values equal to a threshold
     rows = rng.permuted(np.arange(labels.shape[1])[None].repeat(6, 0), axis=1)  # six resample orders
     labels, probs = np.take_along_axis(labels, rows, 1), np.take_along_axis(probs, rows, 1)
+    no_positive_call = np.full(labels.shape[1], 0.1)  # every ratio over predicted positives has no denominator
+    one_positive_call = no_positive_call.copy()
+    one_positive_call[np.flatnonzero(labels[0] == 1)[0]] = 0.95  # denominators of exactly 1
+    labels, probs = np.vstack([labels, labels[:2]]), np.vstack([probs, no_positive_call, one_positive_call])
     thresholds = (0.5, 0.3, 0.85)
     got = metrics_rows(labels, probs, thresholds)
     for r in range(len(labels)):
@@ -97,6 +101,7 @@ def test_bootstrap_intervals_equal_scipys_plain_bootstrap_of_binary_metrics():
     thresholds = (0.5, 0.42)
     results = with_bootstrap(labels, probs, thresholds, n_resamples=60, seed=7)
     for threshold, result in zip(thresholds, results):
+        assert {k: v for k, v in result.items() if k != "ci95"} == binary_metrics(labels, probs, threshold)
         for name in CI_METRICS:
             def one(y, p, name=name, threshold=threshold):
                 value = binary_metrics(y, p, threshold)[name] if len(set(y)) == 2 or name not in ("auc", "pr_auc") else np.nan
