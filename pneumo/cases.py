@@ -14,7 +14,7 @@ from .data import CLASS_NAMES
 from .explain import coarse_region
 from .impression import parse_impression
 from .pictures import read_picture
-from .retrieval import exclusions, search
+from .retrieval import exclusions, hit_score, search
 from .runtime import UserError
 from .screening import screen_inputs
 from .vlm import build_messages, generate
@@ -101,7 +101,7 @@ def markdown_report(case, records, written_by):
     """The case's report: classifier block, flags, then each narrative with its reading and audit flags."""
     c = case["classifier"]
     hits = c["neighbours"] or []
-    similar = ", ".join(f"{h['label']} ({h.get('distance', h.get('similarity')):.2f})" for h in hits) or "no index"
+    similar = ", ".join(f"{h['label']} ({hit_score(h):.2f})" for h in hits) or "no index"
     lines = [f"# Chest X-ray report: {case['name']}", "",
              f"Ground truth: {case['label'] or 'unknown (user image)'}", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",

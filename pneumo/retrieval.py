@@ -15,6 +15,20 @@ DEFAULT_INDEX = "models/task3_index.faiss"
 INDEX_NAME = "task3_index.faiss"  # the index inside a run folder
 
 
+# What a hit's score is called under each metric, the one place that says it: an L2 distance (lower is
+# closer) or a cosine similarity (higher is closer). Hits, results files and reports carry it under this name.
+SCORE_NAMES = {"l2": "distance", "cosine": "similarity"}
+
+
+def score_name(metric: str) -> str:
+    return SCORE_NAMES[metric]
+
+
+def hit_score(hit: dict) -> float:
+    """A hit's score, whichever metric its archive uses."""
+    return next(hit[name] for name in SCORE_NAMES.values() if name in hit)
+
+
 def prepare(vectors, metric):
     """float32, C-contiguous; unit length for cosine (inner product of unit vectors)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -120,7 +134,7 @@ def search(index, meta, queries, k, exclude=None):
                         f"{', less the query itself' if exclude is not None else ''})")
     queries = prepare(queries, meta["metric"])
     scores, rows = index.search(queries, k + (1 if exclude is not None else 0))
-    key = "similarity" if meta["metric"] == "cosine" else "distance"
+    key = score_name(meta["metric"])
     results = []
     for i, (row_scores, row_ids) in enumerate(zip(scores, rows)):
         hits = [(s, r) for s, r in zip(row_scores, row_ids) if r >= 0 and (exclude is None or r != exclude[i])][:k]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import UserError
 from .pictures import picture_size
-from .retrieval import exclusions, load_index, search
+from .retrieval import exclusions, hit_score, load_index, score_name, search
 
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
 # publishes is 64 px, and the source films are over 1,000 px.
@@ -52,8 +52,7 @@ def ood_reference(nearest_scores, metric: str, val_images) -> dict:
 
 
 def nearest_score(hits):
-    hit = hits[0]
-    return hit["distance"] if "distance" in hit else hit["similarity"]
+    return hit_score(hits[0])
 
 
 def is_out_of_distribution(score, ood: dict) -> bool:
@@ -67,7 +66,7 @@ def ood_flags(image, score, ood: dict) -> list:
         return []
     flags = []
     if is_out_of_distribution(score, ood):
-        word = "distance" if ood["metric"] == "l2" else "similarity"
+        word = score_name(ood["metric"])
         flags.append(f"out of distribution (nearest archived case at {word} {score:.3f}, beyond the "
                      f"{ood['percentile']:g}th percentile of val images, {ood['threshold']:.3f})")
     pixels = np.asarray(image, dtype=float)

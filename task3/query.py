@@ -21,7 +21,7 @@ from pneumo.data import CLASS_NAMES, load_split
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_panels
-from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, search
+from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, score_name, search
 from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
 from pneumo.screening import nearest_score, print_flags, screen
 
@@ -73,7 +73,7 @@ def main(args):
 
 
 def print_table(record, metric):
-    key = "similarity" if metric == "cosine" else "distance"
+    key = score_name(metric)
     print(f"\nquery {record['query']}  (label {record['label'] or 'unknown'})")
     print(f"{'rank':>4}  {key:>10}  {'label':<9}  case")
     for hit in record["neighbours"]:
@@ -81,7 +81,7 @@ def print_table(record, metric):
 
 
 def plot_gallery(args, images, records, index_meta, size):
-    key = "similarity" if index_meta["metric"] == "cosine" else "distance"
+    key = score_name(index_meta["metric"])
     archive = {split: load_split(args.data_root, split, size)[0]
                for split in {h["split"] for r in records for h in r["neighbours"]}}
     panels = []

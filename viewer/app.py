@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import CLASS_NAMES, SPLITS
-from pneumo.retrieval import DEFAULT_INDEX
+from pneumo.retrieval import DEFAULT_INDEX, hit_score
 from pneumo.runtime import UserError, exit_on_user_error, resolve_device
 from pneumo.viewer import OUTCOMES, CaseViewer
 from pneumo.vlm import DEFAULT_VLM, load_vlm
@@ -72,7 +72,7 @@ def show(viewer, case, target="pneumonia", opacity=0.6):
                + (f" · truth: {case['label']}" if case["label"] else "")]
     if c["flags"]:
         verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c["flags"]))
-    gallery = [(film, f"{h['label']} · {h.get('distance', h.get('similarity')):.2f} · {h['split']} #{h['index']}")
+    gallery = [(film, f"{h['label']} · {hit_score(h):.2f} · {h['split']} #{h['index']}")
                for film, h in zip(case["neighbour_films"], c["neighbours"] or [])]
     return (case, f"Showing **{case['name']}**.", "\n\n".join(verdict), case["display"],
             viewer.overlay(case, target, opacity), region_text(viewer, case, target),
