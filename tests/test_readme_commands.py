@@ -1,6 +1,7 @@
 """The README's two commands, exactly as the README writes them, run from the repository root as a new
 user would: small synthetic data (PNEUMONIA_DATA_ROOT, which every script reads) and a short recipe
 (TRAIN_FLAGS, which run_all.sh passes to train.py) keep it to a few minutes."""
+import json
 import os
 import re
 import shutil
@@ -43,7 +44,8 @@ def test_the_main_command_as_written_runs_end_to_end(synthetic_root):
         for name in ("task1_model.pth", "task1_metrics_test.json", "task3_index.faiss", "task3_retrieval_eval.json",
                      "task2/reports.jsonl", "task1_classification_report.md", "task3_retrieval.md"):
             assert (run / name).stat().st_size > 0, name
-        assert "--bn_stats" in (run / "task1_model_history.json").read_text()  # TRAIN_FLAGS reached train.py
+        history = json.loads((run / "task1_model_history.json").read_text())
+        assert history["args"]["bn_stats"] == "recompute" and history["args"]["epochs"] == 3  # TRAIN_FLAGS reached train.py
     finally:
         if run is not None and run.is_dir():
             shutil.rmtree(run)
