@@ -4,8 +4,9 @@
   (P(pneumonia) >= 0.9 read as normal, or <= 0.1 read as pneumonia).
 - location_vs_gradcam: a finding, affirmed or hedged (not negated), placed on one side only (or in the
   upper zone only, or the lower zone only) while the Grad-CAM peak lies on the other side (or at the other
-  end of the lung). Each finding is placed by its own clause, so a negated clause beside it ("no
-  right-sided consolidation, left basal pneumonia") places nothing. Middle zones, both lungs and central
+  end of the lung). Each finding is placed by its own clause, so a negated clause beside it ("left basal
+  pneumonia, no right-sided consolidation") places nothing. (NegEx's scope runs on across a comma, so in
+  "no right-sided consolidation, left basal pneumonia" the pneumonia reads as negated too.) Middle zones, both lungs and central
   maps contradict nothing: the map is 4x4 cells upsampled.
 - unasked_findings: affirmed mentions of what the prompt never asked about (devices, bones, masses,
   other examinations, the patient's age): this is one film, read for lungs, heart and pleura.

@@ -117,7 +117,7 @@ def _pipeline():
     return nlp
 
 
-# What separates the clauses of one sentence: "no right-sided consolidation, left basal pneumonia"
+# What separates the clauses of one sentence: "left basal pneumonia, no right-sided consolidation"
 _CLAUSE_BREAK = re.compile(r"[,;:]|\b(?:but|however|whereas|while)\b", re.I)
 
 
