@@ -15,8 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
+from pneumo.errors import run_script
 from pneumo.impression import LABEL_LINE, LABELS, parse_impression
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error
+from pneumo.runtime import DEFAULT_RUN
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 SETS = {"written with the triggers": "impressions.jsonl", "written afterwards": "impressions_heldout.jsonl",
@@ -66,5 +67,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("impression_parser", main, parse_args)

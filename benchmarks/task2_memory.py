@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error
+from pneumo.errors import run_script
+from pneumo.runtime import DEFAULT_RUN
 
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # weight, 8-bit absmax per block of 64, float32 per 256 absmax
 
@@ -102,5 +103,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("task2_memory", main, parse_args)

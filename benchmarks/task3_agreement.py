@@ -14,9 +14,10 @@ from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
+from pneumo.errors import run_script
 from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import DEFAULT_INDEX, search
-from pneumo.runtime import exit_on_user_error, resolve_device
+from pneumo.runtime import resolve_device
 
 TIE = 1e-3  # distances closer than this are the same distance in float32 arithmetic
 
@@ -55,5 +56,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("task3_agreement", main, parse_args)

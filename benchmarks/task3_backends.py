@@ -22,9 +22,10 @@ import numpy as np
 import psutil
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
+from pneumo.errors import run_script
 from pneumo.milvus_archive import building
 from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header
+from pneumo.runtime import DEFAULT_RUN, print_run_header
 
 
 def parse_args(argv=None):
@@ -124,5 +125,4 @@ def markdown(result):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("task3_backends", main, parse_args)

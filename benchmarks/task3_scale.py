@@ -22,8 +22,9 @@ import numpy as np
 import psutil
 
 from pneumo.atomic import write_json_atomic, write_text_atomic
+from pneumo.errors import run_script
 from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist, in_chunks
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header
+from pneumo.runtime import DEFAULT_RUN, print_run_header
 
 DIM = 512
 TARGET = {"recall@10": 0.95, "speedup": 20.0, "n": 1_000_000}  # the target at 1M vectors
@@ -179,5 +180,4 @@ def markdown(result):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("task3_scale", main, parse_args)

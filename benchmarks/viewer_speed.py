@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
-from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error
+from pneumo.errors import run_script
+from pneumo.runtime import DEFAULT_RUN, UserError
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO.parent / "shared" / "samples").glob("pneumonia/*.jpeg"))
@@ -176,5 +177,4 @@ def markdown(r, args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("viewer_speed", main, parse_args)

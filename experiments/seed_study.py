@@ -13,8 +13,9 @@ from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
+from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics, medmnist_check
-from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device
 from pneumo.training import RECIPE_FLAGS
 
 SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
@@ -93,5 +94,4 @@ def markdown(result):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("seed_study", main, parse_args)

@@ -15,8 +15,9 @@ from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
+from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
 
 # (angle in degrees, shift in pixels (x, y), scale); the first is the plain image.
 VIEWS = {"plain": (0, (0, 0), 1.0), "right 2 px": (0, (2, 0), 1.0), "left 2 px": (0, (-2, 0), 1.0),
@@ -82,5 +83,4 @@ def markdown(rows, checkpoints):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("tta_study", main, parse_args)

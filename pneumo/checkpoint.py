@@ -1,4 +1,5 @@
 """The checkpoint contract: one self-describing file, written atomically, read by one function."""
+import math
 import pickle
 import platform
 import zipfile
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 
 from .atomic import file_sha256
-from .data import CLASS_NAMES
+from .data import CLASS_NAMES, SIZES
 from .model import ARCH, build_model, unwrap
 from .runtime import UserError
 
@@ -17,6 +18,40 @@ CHECKPOINT_NAME = "task1_model.pth"  # the checkpoint inside a run folder
 REQUIRED_KEYS = ("format_version", "arch", "in_channels", "image_size", "class_names",
                  "normalization", "threshold", "state_dict")
 FORMAT_VERSION = 1
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The metadata a checkpoint must carry, each field with its test and what it should be: checked at load,
+# before the numbers reach a model, a resize or a decision (an image size of 5000 would exhaust memory).
+SCHEMA = {
+    "in_channels": (lambda v: type(v) is int and v == 1, "1 (grayscale)"),
+    "image_size": (lambda v: type(v) is int and v in SIZES, f"one of {', '.join(map(str, SIZES))}"),
+    "class_names": (lambda v: isinstance(v, (list, tuple)) and list(v) == list(CLASS_NAMES), list(CLASS_NAMES)),
+    "normalization": (lambda v: isinstance(v, dict) and _number(v.get("mean")) and _number(v.get("std"))
+                      and v["std"] > 0, "{'mean': a number, 'std': a number above 0}"),
+    "threshold": (lambda v: _number(v) and 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+}
+# Fields a checkpoint of this project carries for the record; when present, they must have this type.
+RECORD_TYPES = {"val_metrics": dict, "train_args": dict, "epoch": int, "data_sha256": str, "versions": dict,
+                "git_commit": str}
+
+
+def check_metadata(payload: dict, path) -> None:
+    """One line naming the first field that is not what task1/train.py writes."""
+    for name, (ok, expected) in SCHEMA.items():
+        if not ok(payload[name]):
+            raise UserError(f"{path}: checkpoint field {name!r} is {str(repr(payload[name]))[:60]}, expected "
+                            f"{expected}; refused (use a checkpoint written by task1/train.py)")
+    for name, kind in RECORD_TYPES.items():
+        if name in payload and not (isinstance(payload[name], kind) and not isinstance(payload[name], bool)):
+            raise UserError(f"{path}: checkpoint field {name!r} is a {type(payload[name]).__name__}, expected a "
+                            f"{kind.__name__}; refused (use a checkpoint written by task1/train.py)")
+    if not isinstance(payload["state_dict"], dict):
+        raise UserError(f"{path}: checkpoint field 'state_dict' is a {type(payload['state_dict']).__name__}, not "
+                        f"the weights; refused")
 
 
 def library_versions() -> dict:
@@ -84,18 +119,17 @@ def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
                         f"{FORMAT_VERSION}: retrain with this code's task1/train.py")
     if payload["arch"] != ARCH:
         raise UserError(f"{path} holds architecture {payload['arch']!r}; this code runs {ARCH!r}")
+    check_metadata(payload, path)
     model = build_model(payload["arch"], payload["in_channels"], len(payload["class_names"]))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"{path}: weights do not fit {ARCH} ({first})") from None
-    broken = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    broken = [k for k, v in payload["state_dict"].items()
+              if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise UserError(f"{path} holds non-finite weights (NaN or inf in {', '.join(broken[:3])}); refused")
-    threshold = payload["threshold"]
-    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise UserError(f"{path} holds the decision threshold {threshold!r}, not a probability; refused")
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = file_sha256(path)
     meta["path"] = str(path)

@@ -66,7 +66,17 @@ def load_split(root, split: str, size: int = 28):
     labels = labels.reshape(-1)
     if labels.shape[0] != images.shape[0] or not np.isin(labels, (0, 1)).all():
         raise UserError(f"{path}: {split}_labels must hold one 0/1 label per image; {fix}")
+    if len(labels) == 0:
+        raise UserError(f"{path}: the {split} split holds no images; {fix}")
     return images, labels.astype(np.int64)
+
+
+def require_both_classes(labels, split: str, path) -> None:
+    """Training and threshold choice need both classes in a split; one line when one is absent."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=2)
+    if (counts == 0).any():
+        raise UserError(f"{path}: the {split} split holds {counts[0]} normal and {counts[1]} pneumonia images; "
+                        f"both classes are needed to train and to choose a threshold")
 
 
 def check_indices(indices, n: int, split: str) -> list:

@@ -1,5 +1,6 @@
 """DICOM radiographs through the one image loader: Part 10 detection and pixels as a reader sees them
 (modality LUT, VOI LUT or window, MONOCHROME1 inverted), stretched to 8 bits."""
+import sys
 import warnings
 
 import numpy as np
@@ -46,7 +47,17 @@ def read_dicom(path) -> np.ndarray:
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or values.ndim != 2:
         raise UserError(f"{path}: a {photometric} DICOM with {values.ndim}-d pixels; a single-frame grayscale "
                         f"radiograph (MONOCHROME1 or MONOCHROME2) is expected")
-    values = apply_voi_lut(apply_modality_lut(values, ds), ds).astype(np.float64)
+    values = apply_modality_lut(values, ds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = apply_voi_lut(values, ds)
+    except Exception as err:  # a window width below 1, a VOI LUT that does not fit: a header real files carry
+        print(f"warning: {path}: its display window cannot be applied ({str(err).splitlines()[0][:100] if str(err) else type(err).__name__}); "
+              f"showing the full pixel range", file=sys.stderr)
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: the DICOM's rescale gives non-finite pixel values (RescaleSlope/Intercept)")
     if photometric == "MONOCHROME1":
         values = values.max() + values.min() - values
     return stretch(values)

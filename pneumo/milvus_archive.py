@@ -11,12 +11,13 @@ Index types: flat -> FLAT (exact), hnsw -> HNSW (M, efConstruction; search ef), 
 (nlist; search nprobe). Metrics: l2 -> L2 (squared, as FAISS), cosine -> IP on unit vectors.
 """
 import json
+import logging
 import os
 from contextlib import contextmanager
 
 import numpy as np
 
-from .retrieval import METRICS, default_nlist, prepare
+from .retrieval import METRICS, check_data, check_meta, default_nlist, meta_digest, prepare
 from .runtime import UserError
 
 DEFAULT_COLLECTION = "task3_archive"
@@ -26,9 +27,17 @@ _MILVUS_METRIC = {"l2": "L2", "cosine": "IP"}
 _MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
 
 
+def quiet_engine_logs():
+    """Milvus Lite and pymilvus log their own tracebacks (a file that is not a database, a locked one)
+    before raising; the project's one line says what happened, so their console logging is off."""
+    for name in ("milvus_lite", "pymilvus"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def connect(uri, create=False):
     """A MilvusClient for a local file (Milvus Lite; with `create`, its folder is made) or a server
     address; one clear line when neither works."""
+    quiet_engine_logs()
     try:
         from pymilvus import MilvusClient
     except ImportError:
@@ -99,6 +108,7 @@ def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hns
 
         def finish(meta):
             nonlocal finished
+            meta = {**meta, "meta_sha256": meta_digest(meta)}  # over the rows too, which live in the entities
             client.alter_collection_properties(temporary, {"meta": json.dumps({k: v for k, v in meta.items() if k != "rows"})})
             old = f"{collection}__old_{os.getpid()}"
             if client.has_collection(collection):
@@ -114,7 +124,7 @@ def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hns
             client.drop_collection(temporary)
 
 
-def load_milvus(uri, collection, checkpoint_sha256, dim=None):
+def load_milvus(uri, collection, checkpoint_sha256, dim=None, data_root=None):
     """(MilvusIndex, metadata) with the checks load_index makes on a FAISS pair: present, metadata
     readable, built from this checkpoint, of the classifier's dimension, every row there."""
     client = connect(uri)
@@ -141,6 +151,9 @@ def load_milvus(uri, collection, checkpoint_sha256, dim=None):
     if len(rows) != meta.get("ntotal", len(rows)):
         raise UserError(f"collection {collection!r} holds {len(rows)} cases but was built with {meta['ntotal']}; {rebuild}")
     meta["rows"] = rows
+    where = f"collection {collection!r} at {uri}"
+    check_meta(meta, where, rebuild)
+    check_data(meta, data_root, where, rebuild)
     return MilvusIndex(client, collection, meta, collection_dim, len(rows)), meta
 
 

@@ -79,7 +79,7 @@ def plot_confusion(labels, probs, threshold, path, split="test"):
     from sklearn.metrics import ConfusionMatrixDisplay
     fig, axes = _figure(2)
     for ax, thr, name in ((axes[0], 0.5, "threshold 0.5"), (axes[1], threshold, f"val-chosen threshold {threshold:.3f}")):
-        ConfusionMatrixDisplay.from_predictions(labels, decide(probs, thr),
+        ConfusionMatrixDisplay.from_predictions(labels, decide(probs, thr), labels=[0, 1],
                                                 display_labels=CLASS_NAMES, cmap="Blues", colorbar=False, ax=ax)
         ax.set_title(name)
     fig.suptitle(f"confusion matrices, {split} split (n = {len(labels)})")

@@ -6,7 +6,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, file_sha256
+from .data import data_file
 from .runtime import UserError
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -66,12 +67,46 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
+def meta_digest(meta: dict) -> str:
+    """SHA-256 of the metadata itself (every field but this digest, keys sorted): rows, labels, the
+    out-of-distribution reference and the build record cannot be edited without the archive refusing."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_meta(meta: dict, where: str, rebuild: str) -> None:
+    """The checks every archive's metadata passes, wherever it lives: its own digest, and the
+    out-of-distribution reference the flags need (absent, they would silently flag nothing)."""
+    if "meta_sha256" not in meta:
+        raise UserError(f"{where} records no digest of its metadata (written by an older build); {rebuild}")
+    if meta_digest(meta) != meta["meta_sha256"]:
+        raise UserError(f"{where}: its metadata was changed after the build (rows, labels or reference no longer "
+                        f"match their digest); {rebuild}")
+    if not isinstance(meta.get("ood"), dict):
+        raise UserError(f"{where} carries no out-of-distribution reference, so nothing could be flagged; {rebuild}")
+
+
+def check_data(meta: dict, data_root, where: str, rebuild: str) -> None:
+    """The archive's rows name cases of one data file (its SHA-256 is recorded at build time): a
+    --data_root holding another file would show other pictures beside the right table. Refused when the
+    file there differs; not checked when it is absent (nothing of it is shown)."""
+    if data_root is None:
+        return
+    path = data_file(data_root, meta.get("image_size", 28))
+    if path.is_file() and file_sha256(path) != meta.get("data_sha256"):
+        raise UserError(f"{where} was built from another data file than {path} (sha256 "
+                        f"{str(meta.get('data_sha256'))[:12]}…, this one {file_sha256(path)[:12]}…); point --data_root "
+                        f"at the file it was built from, or {rebuild}")
+
+
 def save_index(index, meta: dict, path) -> None:
     """The .faiss file and its .json metadata, each written to a temp file and renamed. The metadata
-    records the index file's SHA-256, dimension and size, so a pair that does not belong together (a
-    build killed between the two renames, one file replaced) is refused when loaded."""
+    records the index file's SHA-256, dimension and size, and its own digest, so a pair that does not
+    belong together (a build killed between the two renames, one file replaced, an edited sidecar) is
+    refused when loaded."""
     data = faiss.serialize_index(index).tobytes()
     meta = {**meta, "index_sha256": hashlib.sha256(data).hexdigest(), "dim": int(index.d), "ntotal": int(index.ntotal)}
+    meta["meta_sha256"] = meta_digest(meta)
     with atomic_path(path) as tmp_index, atomic_path(meta_path(path)) as tmp_meta:
         tmp_index.write_bytes(data)
         tmp_meta.write_text(json.dumps(meta) + "\n")
@@ -81,9 +116,10 @@ def meta_path(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def load_index(path, checkpoint_sha256: str, dim: int | None = None):
+def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=None):
     """(index, metadata); refuses a missing or unreadable pair, a pair whose files do not belong together,
-    an index of another dimension than the classifier's embeddings, and one built from another checkpoint."""
+    edited metadata, an index of another dimension than the classifier's embeddings, one built from another
+    checkpoint, and (given `data_root`) one built from another data file than the one there."""
     path = Path(path)
     if path.is_dir():  # a run folder: its own index
         path = path / INDEX_NAME
@@ -101,6 +137,7 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None):
     if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
         raise UserError(f"{path} does not match its metadata {meta_path(path).name} (one of the pair was replaced "
                         f"or a build was interrupted); {rebuild}")
+    check_meta(meta, str(path), rebuild)
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError:
@@ -116,6 +153,7 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None):
                         f"{'inner product' if inner_product else 'L2'}; {rebuild}")
     if index.ntotal != len(meta.get("rows", [])):
         raise UserError(f"{path} holds {index.ntotal} vectors but its metadata lists {len(meta.get('rows', []))}; {rebuild}")
+    check_data(meta, data_root, str(path), rebuild)
     if "ef_search" in meta.get("build", {}) and hasattr(index, "hnsw"):
         index.hnsw.efSearch = meta["build"]["ef_search"]
     return index, meta

@@ -93,11 +93,11 @@ def screen(images, paths=None, nearest_scores=None, ood=None) -> list:
     return flags
 
 
-def open_archive(path, clf, dim):
+def open_archive(path, clf, dim, data_root=None):
     """(index, metadata) for the out-of-distribution flags, or None with a one-line note: a missing or
     stale archive leaves those flags out but does not stop the classifier's own answer."""
     try:
-        return load_index(path, clf.sha256, dim)
+        return load_index(path, clf.sha256, dim, data_root)
     except UserError as err:
         print(f"note: no out-of-distribution check: {err}")
         return None

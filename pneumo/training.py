@@ -50,6 +50,9 @@ def resolve_amp(choice, device):
     if choice == "bf16":
         return torch.bfloat16
     if choice == "fp16":
+        if device.type == "cpu":
+            raise UserError("--amp fp16 runs on GPUs only (on a CPU it is emulated, minutes per step); "
+                            "use --amp auto, bf16 or none")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
@@ -87,11 +90,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
                     ema=None, ema_start=0, desc=None):
     model.train()
     total, count = 0.0, 0
-    for images, labels in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+    for step, (images, labels) in enumerate(tqdm(loader, desc=desc, disable=desc is None, leave=False), 1):
         x = normalize(images).to(device, memory_format=torch.channels_last)
         y = labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = criterion(model(x), y)
+        if not torch.isfinite(loss):  # nothing after this step could be trusted; stop here, in one line
+            raise UserError(f"training diverged: the loss became {loss.item()} at step {step} of {desc or 'an epoch'}; "
+                            f"lower --lr or check the data (nothing was written at --out)")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

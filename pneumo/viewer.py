@@ -27,7 +27,7 @@ class CaseViewer:
         self.data_root, self.k = data_root, k
         self.archive, self.index_note = None, None
         try:
-            self.archive = open_index(backend, index, uri, collection, self.clf.sha256, EMBEDDING_DIM)
+            self.archive = open_index(backend, index, uri, collection, self.clf.sha256, EMBEDDING_DIM, data_root)
         except UserError as err:  # the verdict and the map do not need the archive
             self.index_note = f"no similar cases: {err}"
         self.vlm, self.vlm_note, self.model_id, self.quantization = vlm, vlm_note, model_id, quantization

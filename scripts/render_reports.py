@@ -8,8 +8,8 @@ Every number in a rendered report comes from a results file; the prose is the te
 from pathlib import Path
 
 from pneumo.cli import make_parser
+from pneumo.errors import run_script
 from pneumo.reporting import render_reports
-from pneumo.runtime import exit_on_user_error
 
 
 def parse_args(argv=None):
@@ -30,5 +30,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("render_reports", main, parse_args)

@@ -17,15 +17,24 @@ import numpy as np
 
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
-from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
+from pneumo.cli import (
+    INFERENCE_SIZE,
+    add_shared_flags,
+    check_images_or_indices,
+    make_parser,
+    non_negative_int,
+    positive_int,
+    ranged,
+)
 from pneumo.data import CLASS_NAMES, check_indices, load_split
+from pneumo.errors import run_script
 from pneumo.explain import DEFAULT_LAYER
 from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, with_bootstrap
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import print_run_header, resolve_device
 from pneumo.screening import open_archive, print_flags, screen_inputs
 
 
@@ -35,17 +44,15 @@ def parse_args(argv=None):
                      "out", "k", "seed", "device", size=INFERENCE_SIZE,
                      indices=dict(help="only these indices of the split"),
                      images=dict(help="image files (PNG/JPEG, any size): predictions only"),
-                     k=dict(default=4, help="failure cases shown per kind (most confident FP and FN; default 4)"),
+                     k=dict(type=non_negative_int, default=4, help="failure cases shown per kind (most confident FP and FN; default 4; 0 = none)"),
                      seed=dict(help="bootstrap seed (default 0)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
                    help=f"Task 3 index (or a run folder) whose val statistics flag out-of-distribution inputs "
                         f"(default {DEFAULT_INDEX}; skipped with a note when missing or stale)")
-    p.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    p.add_argument("--n_bootstrap", type=ranged(int, 10, 100_000), default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
-    if args.k < 0 or args.n_bootstrap < 10:
-        p.error("--k must be >= 0 and --n_bootstrap >= 10")
     return args
 
 
@@ -80,11 +87,15 @@ def main(args):
                      [[int(i), int(y), f"{p:.6f}", int(d), int(d05)]
                       for i, y, p, d, d05 in zip(indices, labels, probs, clf.decide(probs), decide(probs, 0.5))])
     figures = args.out / "figures"
-    results["figures"] = [str(p) for p in (
-        plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag),
-        plot_roc_pr(labels, probs, results, figures / f"task1_roc_pr_{tag}.png", tag),
-        plot_reliability(labels, probs, results["calibration"], figures / f"task1_reliability_{tag}.png", tag),
-    )]
+    results["figures"] = [str(plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag))]
+    if len(np.unique(labels)) == 2:
+        results["figures"] += [
+            str(plot_roc_pr(labels, probs, results, figures / f"task1_roc_pr_{tag}.png", tag)),
+            str(plot_reliability(labels, probs, results["calibration"], figures / f"task1_reliability_{tag}.png", tag))]
+    else:  # no ROC, PR curve or AUC without both classes; the confusion matrices still say what happened
+        results["note"] = (f"the images evaluated are all {CLASS_NAMES[labels[0]]}: AUC, PR AUC and the ROC, PR and "
+                           f"reliability figures need both classes and are left out")
+        print(f"note: {results['note']}")
     failures = failure_cases(indices, labels, probs, clf.decide(probs), args.k)
     results["failure_cases"] = failures
     if failures["false_positives"] or failures["false_negatives"]:
@@ -109,7 +120,7 @@ def predict_files(args, clf):
     images, labels, names, _ = load_inputs(args.images, None, args.data_root, args.split, clf.image_size,
                                            args.record_names)
     probs = clf.predict_proba(images)
-    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM))
+    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root))
     rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q), "flags": f}
             for name, label, q, f in zip(names, labels, probs, flags)]
     print(f"{'P(pneumonia)':>12}  {'prediction':<10}  image   (threshold {clf.threshold:.3f})")
@@ -155,5 +166,4 @@ def plot_failures(clf, images, labels, probs, failures, split, path):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("evaluate", main, parse_args)

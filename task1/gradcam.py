@@ -18,13 +18,14 @@ from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
+from pneumo.errors import run_script
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device, seed_everything
+from pneumo.runtime import print_run_header, resolve_device, seed_everything
 from pneumo.screening import open_archive, print_flags, screen_inputs
 
 LAYERS = ("layer3", "layer4")
@@ -71,7 +72,7 @@ def main(args):
     start = time.perf_counter()
     maps, used = clf.gradcam(images, targets, args.layer, args.batch_size)
     seconds = time.perf_counter() - start
-    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM), keys)
+    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root), keys)
     records, panels = [], []
     for name, image, label, prob, cam, target, found in zip(names, images, labels, probs, maps, used, flags):
         pred = clf.label(prob)
@@ -134,5 +135,4 @@ def faithfulness(args, run, clf):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("gradcam", main, parse_args)

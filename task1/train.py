@@ -21,13 +21,14 @@ from torch import nn
 
 from pneumo.atomic import check_writable, file_sha256, save_torch_atomic, write_json_atomic
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
-from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, load_split, train_augmentation
+from pneumo.cli import add_shared_flags, fraction, make_parser, non_negative_float, positive_int, ranged
+from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, load_split, require_both_classes, train_augmentation
+from pneumo.errors import run_script
 from pneumo.inference import predict_proba
 from pneumo.metrics import binary_metrics, youden_threshold
 from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
-from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, seed_everything
+from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, seed_everything
 from pneumo.training import (
     balanced_class_weights,
     load_resume_state,
@@ -43,21 +44,21 @@ from pneumo.training import (
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument("--epochs", type=int, default=5, help="passes over train (default 5: 12-13 min on a 2-core AVX2 CPU in fp32)")
-    p.add_argument("--batch_size", type=int, default=128, help="images per optimiser step, over all processes (default 128)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate of the one-cycle schedule (default 2e-3)")
-    p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW decoupled weight decay (default 0.05)")
-    p.add_argument("--warmup_epochs", type=float,
+    p.add_argument("--epochs", type=positive_int, default=5, help="passes over train (default 5: 12-13 min on a 2-core AVX2 CPU in fp32)")
+    p.add_argument("--batch_size", type=ranged(int, 2), default=128, help="images per optimiser step, over all processes (default 128)")
+    p.add_argument("--lr", type=ranged(float, 0, 10, low_open=True), default=2e-3, help="peak AdamW learning rate of the one-cycle schedule (default 2e-3)")
+    p.add_argument("--weight_decay", type=ranged(float, 0, 10), default=0.05, help="AdamW decoupled weight decay (default 0.05)")
+    p.add_argument("--warmup_epochs", type=non_negative_float,
                    help="linear warm-up before cosine decay, in epochs (default 1; a fifth of the run when it "
                         "is a single epoch)")
-    p.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
+    p.add_argument("--label_smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
     p.add_argument("--class_weight", choices=["balanced", "none"], default="balanced",
                    help="balanced (default): each class weighs half of the loss, so P = 0.5 means even odds "
                         "whatever the training mix (train is 74 %% pneumonia); none: plain cross-entropy")
     p.add_argument("--aug_border", choices=["reflect", "black"], default="reflect",
                    help="what augmentation puts where a shift, turn or zoom-out uncovers the border: the film "
                         "mirrored outwards (default) or black, which no real film shows")
-    p.add_argument("--ema_decay", type=float, default=0.97,
+    p.add_argument("--ema_decay", type=fraction, default=0.97,
                    help="per-step decay of the weight average kept after warm-up (default 0.97: about the last "
                         "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
     p.add_argument("--bn_stats", choices=["running", "recompute"], default="running",
@@ -72,23 +73,20 @@ def parse_args(argv=None):
                                    f"{DEFAULT_CHECKPOINT}, is replaced only by scripts/publish_run.sh)"))
     p.add_argument("--reports", type=Path, help="folder for figures/ (default: the checkpoint's folder)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pth, written after every epoch")
-    p.add_argument("--num_workers", type=int, default=0, help="data-loader workers (default 0: tensors in memory are fast enough)")
+    p.add_argument("--num_workers", type=ranged(int, 0, 64), default=0, help="data-loader workers (default 0: tensors in memory are fast enough)")
     args = p.parse_args(argv)
     args.reports = args.reports or args.out.parent
-    if args.epochs < 1 or args.batch_size < 2 or args.lr <= 0:
-        p.error("--epochs must be >= 1, --batch_size >= 2 and --lr > 0")
     if args.warmup_epochs is None:
         args.warmup_epochs = 1.0 if args.epochs > 1 else args.epochs / 5
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f"--warmup_epochs {args.warmup_epochs:g} must be at least 0 and below --epochs {args.epochs}; "
                 f"lower it (e.g. --warmup_epochs {args.epochs / 5:g})")
-    if not 0 <= args.ema_decay < 1:
-        p.error("--ema_decay must be in [0, 1)")
     return args
 
 
 def main(args):
     rank, world_size, device = setup_distributed(args.device)
+    amp_dtype = resolve_amp(args.amp, device)  # fp16 on a CPU is refused here, before any work
     is_main = rank == 0
     check_writable(args.out, "file")
     check_writable(args.reports, "folder")
@@ -100,6 +98,8 @@ def main(args):
     data_path = ensure_data_file(args.data_root, args.size)
     train_images, train_labels = load_split(args.data_root, "train", args.size)
     val_images, val_labels = load_split(args.data_root, "val", args.size)
+    for split, labels in (("train", train_labels), ("val", val_labels)):
+        require_both_classes(labels, split, data_path)
     if len(train_labels) < args.batch_size:
         raise UserError(f"--batch_size {args.batch_size} exceeds the {len(train_labels)} training images")
 
@@ -115,7 +115,6 @@ def main(args):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=args.epochs * len(loader),
         pct_start=args.warmup_epochs / args.epochs, anneal_strategy="cos")
-    amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     weight = balanced_class_weights(train_labels).to(device) if args.class_weight == "balanced" else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=args.label_smoothing)
@@ -162,15 +161,29 @@ def main(args):
                   f"{'  *best' if state['best_epoch'] == epoch else ''}", flush=True)
 
     if is_main:
-        finish(args, run, state, model, device, val_images, val_labels, data_path)
+        learned = finish(args, run, state, model, device, val_images, val_labels, data_path)
         resume_path.unlink(missing_ok=True)
+        if not learned:
+            raise UserError(f"TRAINING FAILED: the best val AUC is {state['best_auc']:.3f}, below {0.5 + CHANCE_MARGIN:g}: "
+                            f"no better than chance (0.5); its checkpoint is at {failed_path(args.out)}, not at {args.out}. "
+                            f"Check the data and the flags (--lr, --label_smoothing)")
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
 
 
-def finish(args, run, state, model, device, val_images, val_labels, data_path):
-    """Restore the best-val epoch, choose its threshold on val, write checkpoint, history, curves."""
+# A best val AUC this close to 0.5 is a run that learned nothing: it ends in an error, and its checkpoint is
+# kept aside (failed_path) instead of at --out, where a later command would pick it up.
+CHANCE_MARGIN = 0.1
+
+
+def failed_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".failed.pth")
+
+
+def finish(args, run, state, model, device, val_images, val_labels, data_path) -> bool:
+    """Restore the best-val epoch, choose its threshold on val, write checkpoint, history, curves.
+    False (and the checkpoint at failed_path) when the run did not beat chance on val."""
     best = unwrap(model)
     best.load_state_dict(state["best_state"], strict=True)
     val_probs = predict_proba(best, val_images, NORMALIZATION, device)
@@ -181,16 +194,17 @@ def finish(args, run, state, model, device, val_images, val_labels, data_path):
                                  threshold=threshold, val_metrics=val_metrics, train_args=run["args"],
                                  data_sha256=file_sha256(data_path), epoch=state["best_epoch"])
     checkpoint["git_commit"] = run["git_commit"]
-    save_torch_atomic(checkpoint, args.out)
+    learned = state["best_auc"] >= 0.5 + CHANCE_MARGIN
+    save_torch_atomic(checkpoint, args.out if learned else failed_path(args.out))
     history_path = args.out.with_name(args.out.stem + "_history.json")
     write_json_atomic(history_path, {**run, "best_epoch": state["best_epoch"], "threshold": threshold,
                                      "val_metrics": val_metrics, "epochs": state["history"]})
     figure = plot_training_curves(state["history"], state["best_epoch"], args.reports / "figures" / "task1_training_curves.png")
     print(f"best epoch {state['best_epoch']}  val_auc {val_metrics['at_0.5']['auc']:.4f}  "
           f"threshold {threshold:.3f} (Youden on val)  val_acc@thr {val_metrics['at_threshold']['accuracy']:.4f}")
-    print(f"wrote {args.out}, {history_path}, {figure}")
+    print(f"wrote {args.out if learned else failed_path(args.out)}, {history_path}, {figure}")
+    return learned
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("train", main, parse_args)

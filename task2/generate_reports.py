@@ -24,12 +24,20 @@ from pneumo.audit import FLAGS
 from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
-from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
+from pneumo.cli import (
+    INFERENCE_SIZE,
+    add_shared_flags,
+    check_images_or_indices,
+    make_parser,
+    non_negative_int,
+    positive_int,
+)
 from pneumo.data import SIZES, load_split
+from pneumo.errors import run_script
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.retrieval import DEFAULT_INDEX, load_index
-from pneumo.runtime import DEFAULT_RUN, UserError, exit_on_user_error, print_run_header, resolve_device, seed_everything
+from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device, seed_everything
 from pneumo.screening import print_flags
 from pneumo.vlm import DEFAULT_VLM, STRATEGIES, load_vlm, release_gpu_memory
 
@@ -41,7 +49,7 @@ def parse_args(argv=None):
                      checkpoint=dict(help=f"classifier (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices / --evaluate (default test)"),
                      images=dict(help="image files (PNG/JPEG, any size); the VLM sees the full file"),
-                     k=dict(type=int, help="similar archived cases in the context (default 5; 0 = none)"),
+                     k=dict(type=non_negative_int, help="similar archived cases in the context (default 5; 0 = none)"),
                      out=dict(default=DEFAULT_RUN / "task2", help=f"folder for records and reports (default {DEFAULT_RUN / 'task2'})"),
                      seed=dict(help="seed of the --evaluate sample (default 0)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
@@ -65,8 +73,6 @@ def parse_args(argv=None):
         p.error("--evaluate draws its own --n images of --split; drop --images / --indices")
     if args.evaluate and args.vlm == "none":
         p.error("--evaluate scores the VLM's narratives; it cannot run with --vlm none")
-    if args.k < 0:
-        p.error("--k must be >= 0 (0: no similar cases)")
     return args
 
 
@@ -156,7 +162,7 @@ def classifier_blocks(args, cases, clf):
     """The classifier block of every case; the index when it exists (neighbours and the out-of-distribution check)."""
     archive = None
     if args.index.exists():
-        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM)
+        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM, args.data_root)
     else:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
               f"out-of-distribution check (build one with python task3/build_index.py)")
@@ -234,5 +240,4 @@ def cell(value):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("generate_reports", main, parse_args)

@@ -15,14 +15,15 @@ import time
 
 import numpy as np
 
-from pneumo.atomic import check_writable
+from pneumo.atomic import check_writable, file_sha256
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
-from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, load_split
+from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int, ranged
+from pneumo.data import CLASS_NAMES, data_file, load_split
+from pneumo.errors import run_script
 from pneumo.milvus_archive import building, connect
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, build_index, meta_path, save_index, search
-from pneumo.runtime import DEFAULT_RUN, exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device
 from pneumo.screening import nearest_score, ood_reference, screen
 
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
                               help=f"index file (default {DEFAULT_RUN / INDEX_NAME}; the shipped one is {DEFAULT_INDEX})"))
     p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
     p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
-    p.add_argument("--hnsw_m", type=positive_int, default=32, help="HNSW links per node (default 32)")
+    p.add_argument("--hnsw_m", type=ranged(int, 2, 512), default=32, help="HNSW links per node, 2 to 512 (default 32)")
     p.add_argument("--ef_search", type=positive_int, default=64, help="HNSW search breadth (default 64)")
     p.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(N))")
     p.add_argument("--nprobe", type=positive_int, default=16, help="IVF cells visited per query (default 16)")
@@ -60,10 +61,14 @@ def main(args):
     run = print_run_header("build_index", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
+    splits = {split: load_split(args.data_root, split, clf.image_size) for split in args.split}
+    n = sum(len(labels) for _, labels in splits.values())
+    if args.index_type == "ivf" and args.nlist is not None and args.nlist > n // 39:
+        raise UserError(f"--nlist {args.nlist} is too many cells for {n} cases: k-means needs at least 39 per cell, "
+                        f"so at most {max(1, n // 39)}; lower it or leave it out (default about 4*sqrt(N))")
     vectors, rows = [], []
     start = time.perf_counter()
-    for split in args.split:
-        images, labels = load_split(args.data_root, split, clf.image_size)
+    for split, (images, labels) in splits.items():
         if split == "val":
             val_images = images
         vectors.append(clf.embed(images, args.batch_size, desc=f"embed {split}"))
@@ -76,7 +81,8 @@ def main(args):
     if args.index_type == "hnsw":
         build.update(hnsw_m=args.hnsw_m, ef_search=args.ef_search)
     meta = {**run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "metric": args.metric,
-            "image_size": clf.image_size, "build": build, "rows": rows}
+            "image_size": clf.image_size, "data_sha256": file_sha256(data_file(args.data_root, clf.image_size)),
+            "build": build, "rows": rows}
     if args.backend == "faiss":
         index = build_index(vectors, args.index_type, args.metric, hnsw_m=args.hnsw_m, ef_search=args.ef_search,
                             nlist=args.nlist, nprobe=args.nprobe)
@@ -119,5 +125,4 @@ def val_reference(args, clf, index, meta, vectors, val_images=None):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("build_index", main, parse_args)

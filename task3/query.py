@@ -18,14 +18,16 @@ from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
+from pneumo.errors import run_script
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_panels
 from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, score_name, search
-from pneumo.runtime import exit_on_user_error, print_run_header, resolve_device
+from pneumo.runtime import print_run_header, resolve_device
 from pneumo.screening import nearest_score, print_flags, screen
 
 EVAL_KS = (1, 5, 10)
+GALLERY_QUERIES, GALLERY_NEIGHBOURS = 12, 10  # the most rows and cases per row the figure draws
 
 
 def parse_args(argv=None):
@@ -51,7 +53,8 @@ def main(args):
     run = print_run_header("query", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
-    index, index_meta = open_index(args.backend, args.index, args.uri, args.collection, clf.sha256, EMBEDDING_DIM)
+    index, index_meta = open_index(args.backend, args.index, args.uri, args.collection, clf.sha256, EMBEDDING_DIM,
+                                   args.data_root)
     if args.evaluate:
         return evaluate(args, run, clf, index, index_meta)
 
@@ -81,7 +84,11 @@ def print_table(record, metric):
 
 
 def plot_gallery(args, images, records, index_meta, size):
+    """Each query beside its nearest cases; at most GALLERY_QUERIES rows of GALLERY_NEIGHBOURS cases (the
+    table and the JSON hold them all), so a large --k or many queries cannot stall on drawing."""
     key = score_name(index_meta["metric"])
+    shown_k = min(args.k, GALLERY_NEIGHBOURS)
+    records = [{**r, "neighbours": r["neighbours"][:shown_k]} for r in records[:GALLERY_QUERIES]]
     archive = {split: load_split(args.data_root, split, size)[0]
                for split in {h["split"] for r in records for h in r["neighbours"]}}
     panels = []
@@ -93,9 +100,11 @@ def plot_gallery(args, images, records, index_meta, size):
             same = record["label"] is None or hit["label"] == record["label"]
             panels.append({"image": archive[hit["split"]][hit["index"]], "color": "black" if same else "darkred",
                            "title": f"#{hit['rank']} {hit['split']} {hit['index']}\n{hit['label']}  {key[:4]} {hit[key]:.3f}"})
-    return plot_panels(panels, args.out / "figures" / "task3_visual_results.png", cols=args.k + 1,
+    cut = (f" (the figure shows the first {len(records)} queries and {shown_k} cases each; the table and JSON "
+           f"hold all)") if shown_k < args.k or len(records) < len(images) else ""
+    return plot_panels(panels, args.out / "figures" / "task3_visual_results.png", cols=shown_k + 1,
                        title=f"each query ({args.split if not args.images else 'image files'}) and its {args.k} most "
-                             f"similar archived cases ({'+'.join(index_meta['build']['splits'])}, "
+                             f"similar archived cases{cut} ({'+'.join(index_meta['build']['splits'])}, "
                              f"{index_meta['metric']}); red = other label")
 
 
@@ -131,5 +140,4 @@ def eval_markdown(result, k):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("query", main, parse_args)

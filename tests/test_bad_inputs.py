@@ -66,6 +66,11 @@ def common(name, trained_checkpoint, synthetic_root, bad, out):
     return args + ["--out", out]
 
 
+def last_line(result) -> str:
+    """What a user reads last on stderr, progress bars (which end in a carriage return) left out."""
+    return result.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+
 def refused(module, args, code, message, out):
     result = run_cli(module, *args)
     assert result.returncode == code, (module.__name__, args, result.stderr[-500:])
@@ -104,7 +109,22 @@ FLAG_CASES = [
     (["--device", "bogus"], ["evaluate", "gradcam", "build_index", "query", "generate_reports", "train"], 2, "bogus"),
     (["--indices", "0", "500"], ["evaluate", "gradcam", "query", "generate_reports"], 1, "out of range"),
     (["--size", "64"], ["evaluate", "gradcam", "build_index", "query", "generate_reports"], 1, "reads 28 px images"),
-    (["--hnsw_m", "0"], ["build_index"], 2, "must be at least 1"),
+    (["--hnsw_m", "0"], ["build_index"], 2, "must be in [2, 512]"),
+    (["--hnsw_m", "1"], ["build_index"], 2, "must be in [2, 512]"),  # FAISS segfaults on M = 1
+    (["--index_type", "ivf", "--nlist", "1000"], ["build_index"], 1, "too many cells"),
+    (["--lr", "nan"], ["train"], 2, "finite"), (["--lr", "inf"], ["train"], 2, "finite"),
+    (["--lr", "1e6"], ["train"], 2, "must be in (0, 10]"),
+    (["--weight_decay", "-1"], ["train"], 2, "must be in [0, 10]"), (["--weight_decay", "nan"], ["train"], 2, "finite"),
+    (["--label_smoothing", "2"], ["train"], 2, "must be in [0, 1)"),
+    (["--label_smoothing", "-1"], ["train"], 2, "must be in [0, 1)"), (["--label_smoothing", "nan"], ["train"], 2, "finite"),
+    (["--ema_decay", "1"], ["train"], 2, "must be in [0, 1)"),
+    (["--num_workers", "-1"], ["train"], 2, "must be in [0, 64]"),
+    (["--seed", "-5"], ["train", "gradcam", "evaluate", "generate_reports"], 2, "must be in [0, 4294967295]"),
+    (["--amp", "fp16"], ["train"], 1, "GPUs only"),
+    (["--n_bootstrap", "5"], ["evaluate"], 2, "must be in [10, 100000]"),
+    (["--collection", ""], ["build_index", "query"], 2, "is not a Milvus collection name"),
+    (["--collection", "c" * 300], ["build_index", "query"], 2, "is not a Milvus collection name"),
+    (["--collection", "my-archive"], ["build_index", "query"], 2, "is not a Milvus collection name"),
     (["--limit", "0", "--faithfulness"], ["gradcam"], 2, "must be at least 1"),
     (["--k", "100000"], ["query"], 1, "larger than the archive"),
     (["--warmup_epochs", "3", "--epochs", "2"], ["train"], 2, "lower it"),
@@ -193,3 +213,206 @@ def test_user_file_paths_are_not_recorded_as_typed(trained_checkpoint, synthetic
         written = (out / "task3_query_results.json").read_text()
         assert "Jane Doe" not in written and "Jane Doe" not in result.stdout
         assert json.loads(written)["queries"][0]["query"].startswith(expected)
+
+
+# ---- checkpoints that are intact files with wrong metadata --------------------------------------------
+METADATA_CASES = [
+    ("image_size", 0, "'image_size' is 0"), ("image_size", 5000, "'image_size' is 5000"),
+    ("image_size", "28", "'image_size' is '28'"), ("in_channels", 3, "'in_channels' is 3"),
+    ("normalization", {"mean": 0.5}, "'normalization'"), ("normalization", {"mean": 0.5, "std": 0.0}, "'normalization'"),
+    ("threshold", "0.5", "'threshold' is '0.5'"), ("threshold", float("nan"), "'threshold' is nan"),
+    ("class_names", ["pneumonia", "normal"], "'class_names'"), ("val_metrics", [0.9], "'val_metrics' is a list"),
+    ("epoch", "3", "'epoch' is a str"), ("state_dict", [1, 2], "'state_dict' is a list"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", METADATA_CASES)
+def test_checkpoint_metadata_is_checked_against_one_schema(field, value, message, trained_checkpoint, synthetic_root,
+                                                           bad, tmp_path):
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload[field] = value
+    save_torch_atomic(payload, tmp_path / "crafted.pth")
+    for name in CHECKPOINT_READERS:
+        out = tmp_path / f"out_{name}"
+        args = [a if a != trained_checkpoint else tmp_path / "crafted.pth"
+                for a in common(name, trained_checkpoint, synthetic_root, bad, out)]
+        refused(CHECKPOINT_READERS[name], args, 1, message, out)
+
+
+# ---- dataset files of the wrong shape ------------------------------------------------------------------
+def rewrite_data(source_root, target_root, change):
+    """A copy of the synthetic data file with change(arrays) applied."""
+    with np.load(source_root / "pneumoniamnist.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    target_root.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(target_root / "pneumoniamnist.npz", **arrays)
+    return target_root
+
+
+def test_a_split_with_no_images_is_one_line(trained_checkpoint, synthetic_root, bad, tmp_path):
+    def empty_test(arrays):
+        arrays["test_images"], arrays["test_labels"] = arrays["test_images"][:0], arrays["test_labels"][:0]
+    root = rewrite_data(synthetic_root, tmp_path / "empty", empty_test)
+    for name in ("evaluate", "gradcam", "query", "generate_reports"):
+        out = tmp_path / f"out_{name}"
+        args = common(name, trained_checkpoint, root, bad, out)
+        if name in ("query", "generate_reports"):  # the archive was built from the other file
+            args += ["--index", bad / "index_of_empty"]
+            build_cli.main(build_cli.parse_args(["--checkpoint", str(trained_checkpoint), "--data_root", str(root),
+                                                 "--out", str(bad / "index_of_empty" / "task3_index.faiss"),
+                                                 "--device", "cpu"]))
+        refused(CHECKPOINT_READERS[name], args, 1, "the test split holds no images", out)
+
+
+def test_training_on_one_class_is_one_line(synthetic_root, tmp_path):
+    def normal_only(arrays):
+        keep = arrays["train_labels"].ravel() == 0
+        arrays["train_images"], arrays["train_labels"] = arrays["train_images"][keep], arrays["train_labels"][keep]
+    root = rewrite_data(synthetic_root, tmp_path / "one_class", normal_only)
+    out = tmp_path / "m" / "model.pth"
+    for flags in ([], ["--class_weight", "none"]):
+        refused(train, ["--data_root", root, "--device", "cpu", "--out", out, *flags], 1,
+                "both classes are needed", out)
+
+
+def test_an_archive_built_from_another_data_file_is_refused(trained_checkpoint, synthetic_root, bad, tmp_path):
+    """The table would be right and every neighbour picture another case: the index records its data file."""
+    def shuffled_train(arrays):
+        order = np.random.default_rng(0).permutation(len(arrays["train_labels"]))
+        arrays["train_images"], arrays["train_labels"] = arrays["train_images"][order], arrays["train_labels"][order]
+    root = rewrite_data(synthetic_root, tmp_path / "shuffled", shuffled_train)
+    for name in ("query", "generate_reports"):
+        out = tmp_path / f"out_{name}"
+        refused(CHECKPOINT_READERS[name], common(name, trained_checkpoint, root, bad, out), 1,
+                "was built from another data file", out)
+
+
+def test_a_one_class_subset_is_evaluated_with_a_note(trained_checkpoint, synthetic_root, tmp_path):
+    import json
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
+                     "--indices", 5, 5, 5, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "task1_metrics_test_subset.json").read_text())
+    assert "need both classes" in written["note"] and "note:" in result.stdout
+    assert [Path(f).name for f in written["figures"]] == ["task1_confusion_matrix_test_subset.png"]
+
+
+# ---- DICOM headers real files carry ----------------------------------------------------------------------
+def test_a_dicom_window_below_one_falls_back_to_the_pixel_range(trained_checkpoint, synthetic_root, bad, tmp_path):
+    from test_dicom import write_dicom
+    film = np.uint16(np.clip(2000 + 1500 * np.sin(np.mgrid[0:96, 0:96][1] / 9.0), 0, 4095))
+    windowless = write_dicom(tmp_path / "plain.dcm", film)
+    narrow = write_dicom(tmp_path / "narrow.dcm", film, window=(2000, 0))
+    from pneumo.dicom import read_dicom
+    assert (read_dicom(windowless) == read_dicom(narrow)).all()
+    for name in IMAGE_READERS:
+        out = tmp_path / f"out_{name}"
+        result = run_cli(IMAGE_READERS[name], *common(name, trained_checkpoint, synthetic_root, bad, out),
+                         "--images", narrow)
+        assert result.returncode == 0, (name, result.stderr)
+        assert "display window cannot be applied" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- the archive's metadata is covered by its digest ----------------------------------------------------
+def edited_archive(bad, tmp_path, edit, redigest=False):
+    import json
+
+    from pneumo.retrieval import meta_digest
+    folder = tmp_path / "edited"
+    shutil.copytree(bad / "index", folder)
+    meta = json.loads((folder / "task3_index.json").read_text())
+    edit(meta)
+    if redigest:  # as if written so by a build: only the content is wrong
+        meta["meta_sha256"] = meta_digest(meta)
+    (folder / "task3_index.json").write_text(json.dumps(meta))
+    return folder
+
+
+def swap_first_labels(meta):
+    for row in meta["rows"][:20]:
+        row["label"] = "normal" if row["label"] == "pneumonia" else "pneumonia"
+
+
+@pytest.mark.parametrize("edit,redigest,message", [
+    (swap_first_labels, False, "changed after the build"),
+    (lambda meta: meta["rows"].insert(0, meta["rows"].pop()), False, "changed after the build"),
+    (lambda meta: meta.pop("ood"), False, "changed after the build"),
+    (lambda meta: meta.pop("ood"), True, "no out-of-distribution reference"),
+    (lambda meta: meta.pop("meta_sha256"), False, "records no digest of its metadata"),
+])
+def test_an_edited_archive_sidecar_is_refused(edit, redigest, message, trained_checkpoint, synthetic_root, bad, tmp_path):
+    folder = edited_archive(bad, tmp_path, edit, redigest)
+    out = tmp_path / "out"
+    refused(query, ["--checkpoint", trained_checkpoint, "--index", folder, "--data_root", synthetic_root,
+                    "--device", "cpu", "--out", out], 1, message, out)
+
+
+# ---- Milvus files that are not Milvus Lite databases -----------------------------------------------------
+def test_a_random_bytes_milvus_file_is_one_line_without_the_engines_traceback(trained_checkpoint, synthetic_root, bad,
+                                                                            tmp_path):
+    """In a fresh process: the engine logs its traceback through `logging`, which pytest would capture in-process."""
+    from conftest import run_script
+    (tmp_path / "random.db").write_bytes(np.random.default_rng(0).bytes(65536))
+    out = tmp_path / "out"
+    result = run_script("task3/query.py", "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device",
+                        "cpu", "--backend", "milvus", "--uri", tmp_path / "random.db", "--out", out)
+    assert result.returncode == 1 and "cannot open Milvus" in error_line(result), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and not out.exists()
+
+
+# ---- training that cannot have worked -----------------------------------------------------------------------
+def test_a_loss_that_goes_non_finite_stops_training_in_one_line(synthetic_root):
+    from pneumo.data import XrayDataset, load_split
+    from pneumo.model import build_model
+    from pneumo.runtime import UserError
+    from pneumo.training import train_one_epoch
+    images, labels = load_split(synthetic_root, "train")
+    model = build_model()
+    with torch.no_grad():
+        model.fc.weight.fill_(float("inf"))
+    loader = torch.utils.data.DataLoader(XrayDataset(images[:32], labels[:32]), batch_size=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(UserError, match="training diverged: the loss became nan at step 1"):
+        train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.nn.CrossEntropyLoss(), torch.device("cpu"), None)
+
+
+def test_a_run_no_better_than_chance_exits_non_zero_and_keeps_its_checkpoint_aside(synthetic_root, tmp_path):
+    """Every val film the same picture: the val AUC is 0.5 whatever the weights, so the run cannot pass."""
+    def identical_val(arrays):
+        arrays["val_images"][:] = arrays["val_images"][0]
+    root = rewrite_data(synthetic_root, tmp_path / "blind_val", identical_val)
+    out = tmp_path / "m" / "model.pth"
+    result = run_cli(train, "--data_root", root, "--device", "cpu", "--out", out, "--epochs", "1", "--batch_size", "32",
+                     "--amp", "none")
+    assert result.returncode == 1 and "\nerror: TRAINING FAILED: the best val AUC is 0.500" in "\n" + last_line(result), result.stderr
+    assert not out.exists() and (out.parent / "model.failed.pth").is_file()
+
+
+# ---- bounded work ------------------------------------------------------------------------------------------
+def test_a_large_k_draws_a_bounded_figure(trained_checkpoint, synthetic_root, bad, tmp_path):
+    import json
+    result = run_cli(query, "--checkpoint", trained_checkpoint, "--index", bad / "index", "--data_root", synthetic_root,
+                     "--device", "cpu", "--out", tmp_path, "--k", 300, "--indices", *range(20))
+    assert result.returncode == 0, result.stderr
+    assert all(len(q["neighbours"]) == 300 for q in json.loads((tmp_path / "task3_query_results.json").read_text())["queries"])
+    with Image.open(tmp_path / "figures" / "task3_visual_results.png") as figure:
+        assert figure.width < 11 * 3.2 * 110 + 50 and figure.height < 12 * 5 * 110, figure.size
+
+
+# ---- the guard for what no check foresaw ---------------------------------------------------------------------
+def test_an_unexpected_exception_is_one_line_with_a_log(trained_checkpoint, synthetic_root, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug planted by the test")
+    monkeypatch.setattr(evaluate, "calibration", broken)
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
+                     "--out", tmp_path / "run")
+    line = last_line(result)
+    assert result.returncode == 1 and line.startswith("internal error in evaluate (ZeroDivisionError)"), line
+    assert "Traceback" not in result.stderr + result.stdout
+    logs = list((tmp_path / "run").glob("internal_error_evaluate_*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line
+    text = logs[0].read_text()
+    assert "Traceback" in text and "a bug planted by the test" in text and "in broken" in text

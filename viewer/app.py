@@ -20,10 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pneumo.cli import add_shared_flags, make_parser
+from pneumo.cli import add_shared_flags, make_parser, ranged
 from pneumo.data import CLASS_NAMES, SPLITS
+from pneumo.errors import run_script
 from pneumo.retrieval import DEFAULT_INDEX, hit_score
-from pneumo.runtime import UserError, exit_on_user_error, resolve_device
+from pneumo.runtime import UserError, resolve_device
 from pneumo.viewer import OUTCOMES, CaseViewer
 from pneumo.vlm import DEFAULT_VLM, load_vlm
 
@@ -42,7 +43,7 @@ def parse_args(argv=None):
     add_shared_flags(p, "checkpoint", "data_root", "k", "device", "backend", "uri", "collection")
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX), help=f"Task 3 index or a run folder (default {DEFAULT_INDEX})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=ranged(int, 1, 65535), default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="a temporary public link through Gradio's tunnel (Colab)")
     p.add_argument("--vlm", default="none", choices=["none", "auto"], help="auto: load --model for narratives (default none)")
     p.add_argument("--model", default=DEFAULT_VLM, help=f"image-text-to-text model for --vlm auto (default {DEFAULT_VLM})")
@@ -247,5 +248,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        main(parse_args())
+    run_script("app", main, parse_args)
