@@ -63,7 +63,7 @@ def parse_args(argv=None):
 def make_world(folder: Path) -> dict:
     """Synthetic data, a one-epoch checkpoint and its archive: what the runs start from."""
     data = folder / "data"
-    write_synthetic_npz(data / "pneumoniamnist.npz", counts={"train": 128, "val": 64, "test": 64}, seed=0)
+    write_synthetic_npz(data / "pneumoniamnist.npz", counts={"train": 128, "val": 64, "test": 96}, seed=0)
     checkpoint = folder / "model" / "task1_model.pth"
     quiet(run_script, "train", train.main, train.parse_args,
           ["--data_root", str(data), "--out", str(checkpoint), "--epochs", "2", "--batch_size", "16", "--device", "cpu",

@@ -1,4 +1,6 @@
 """Binary classification metrics by name, and the val-chosen decision threshold."""
+from types import SimpleNamespace
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
@@ -76,10 +78,14 @@ def with_bootstrap(labels, probs, thresholds, n_resamples=1000, seed=0) -> list:
         rows = metrics_rows(y.reshape(-1, y.shape[-1]), p.reshape(-1, p.shape[-1]), thresholds)
         return rows.reshape(len(rows), *y.shape[:-1])
 
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC (nan)
-        ci = bootstrap((labels, probs), statistic, paired=True, vectorized=True, n_resamples=n_resamples,
-                       method="percentile", confidence_level=0.95, random_state=np.random.default_rng(seed)
-                       ).confidence_interval
+    if len(labels) < 2:  # one image: nothing to resample, no interval
+        nan = np.full(len(thresholds) * len(CI_METRICS), np.nan)
+        ci = SimpleNamespace(low=nan, high=nan)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class has no AUC (nan)
+            ci = bootstrap((labels, probs), statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                           method="percentile", confidence_level=0.95, random_state=np.random.default_rng(seed)
+                           ).confidence_interval
     results = []
     for t, threshold in enumerate(thresholds):
         point = binary_metrics(labels, probs, threshold)

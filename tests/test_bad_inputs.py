@@ -288,6 +288,16 @@ def test_an_archive_built_from_another_data_file_is_refused(trained_checkpoint, 
                 "was built from another data file", out)
 
 
+def test_a_single_image_is_evaluated_without_an_interval(trained_checkpoint, synthetic_root, tmp_path):
+    """Found by the random sweep: scipy's bootstrap needs two images; one image has no interval."""
+    import json
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
+                     "--indices", 3, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "task1_metrics_test_subset.json").read_text())
+    assert written["n"] == 1 and all(v == [None, None] for v in written["at_threshold"]["ci95"].values())  # NaN is written as null
+
+
 def test_a_one_class_subset_is_evaluated_with_a_note(trained_checkpoint, synthetic_root, tmp_path):
     import json
     result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
@@ -416,3 +426,16 @@ def test_an_unexpected_exception_is_one_line_with_a_log(trained_checkpoint, synt
     assert len(logs) == 1 and str(logs[0]) in line
     text = logs[0].read_text()
     assert "Traceback" in text and "a bug planted by the test" in text and "in broken" in text
+
+
+@pytest.mark.slow
+def test_a_random_sweep_of_bad_inputs_ends_in_no_traceback(tmp_path):
+    """benchmarks/bad_input_sweep.py, shortened: random flag values and random-byte files through every script."""
+    import json
+
+    from conftest import run_script
+    result = run_script("benchmarks/bad_input_sweep.py", "--runs", "60", "--seconds", "240", "--seed", "1",
+                        "--out", tmp_path, timeout=900)
+    summary = json.loads((tmp_path / "bad_input_sweep.json").read_text())
+    assert result.returncode == 0 and summary["failed"] == 0, summary["failures"]
+    assert summary["runs"] >= 30 and "Traceback" not in result.stdout + result.stderr
