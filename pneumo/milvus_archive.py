@@ -55,7 +55,9 @@ def connect(uri, create=False):
     try:
         return MilvusClient(uri=uri)
     except Exception as err:  # no server there, a file that is not a Milvus Lite database, no Lite wheel
-        raise UserError(f"cannot open Milvus at {uri} ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        local = "" if uri.startswith(("http://", "https://", "tcp://", "grpc://")) else (
+            "; a local file must be a Milvus Lite database that no other process holds open")
+        raise UserError(f"cannot open Milvus at {uri} ({type(err).__name__}: {str(err).splitlines()[0][:160]}){local}") from None
 
 
 def index_params(client, index_type, metric, n, hnsw_m=32, ef_construction=80, nlist=None):

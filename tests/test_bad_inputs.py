@@ -439,3 +439,22 @@ def test_a_random_sweep_of_bad_inputs_ends_in_no_traceback(tmp_path):
     summary = json.loads((tmp_path / "bad_input_sweep.json").read_text())
     assert result.returncode == 0 and summary["failed"] == 0, summary["failures"]
     assert summary["runs"] >= 30 and "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_milvus_file_held_by_another_process_is_one_line(trained_checkpoint, synthetic_root, tmp_path):
+    from pymilvus import MilvusClient
+
+    from conftest import run_script
+    db = tmp_path / "archive.db"
+    built = run_cli(build_cli, "--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
+                    "--backend", "milvus", "--uri", db)
+    assert built.returncode == 0, built.stderr
+    holder = MilvusClient(uri=str(db))  # this process holds the database open
+    try:
+        out = tmp_path / "out"
+        result = run_script("task3/query.py", "--checkpoint", trained_checkpoint, "--data_root", synthetic_root,
+                            "--device", "cpu", "--backend", "milvus", "--uri", db, "--out", out)
+        assert result.returncode == 1 and "no other process holds open" in error_line(result), result.stderr
+        assert "Traceback" not in result.stdout + result.stderr and not out.exists()
+    finally:
+        holder.close()
