@@ -9,7 +9,7 @@ Writes <out>/task3_backend_agreement.json.
 """
 from pathlib import Path
 
-from pneumo.archive import open_index
+from pneumo.archive import ArchiveSource
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
@@ -33,8 +33,9 @@ def main(args):
     check_writable(args.out)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     vectors = clf.embed(load_split(args.data_root, args.split, clf.image_size)[0])
-    faiss_hits = search(*open_index("faiss", args.index, None, None, clf.sha256, EMBEDDING_DIM), vectors, args.k)
-    milvus_hits = search(*open_index("milvus", None, args.uri, args.collection, clf.sha256, EMBEDDING_DIM), vectors, args.k)
+    faiss_hits = search(*ArchiveSource("faiss", index=args.index).open(clf.sha256, EMBEDDING_DIM), vectors, args.k)
+    milvus_hits = search(*ArchiveSource("milvus", uri=args.uri, collection=args.collection).open(clf.sha256, EMBEDDING_DIM),
+                         vectors, args.k)
     identical, ties, disagreements = 0, [], []
     for query, (a, b) in enumerate(zip(faiss_hits, milvus_hits)):
         if [h["row"] for h in a] == [h["row"] for h in b]:
@@ -42,8 +43,8 @@ def main(args):
             continue
         differing = [(x, y) for x, y in zip(a, b) if x["row"] != y["row"]]
         case = {"query": query, "faiss": [h["row"] for h in a], "milvus": [h["row"] for h in b],
-                "distances": [[round(x["distance"], 5), round(y["distance"], 5)] for x, y in differing]}
-        (ties if all(abs(x["distance"] - y["distance"]) < TIE for x, y in differing) else disagreements).append(case)
+                "distances": [[round(x["score"], 5), round(y["score"], 5)] for x, y in differing]}
+        (ties if all(abs(x["score"] - y["score"]) < TIE for x, y in differing) else disagreements).append(case)
     result = {"split": args.split, "k": args.k, "queries": len(faiss_hits), "identical": identical,
               "differ_by_ties_only": len(ties), "disagree": len(disagreements), "ties": ties,
               "disagreements": disagreements, "faiss": str(args.index), "milvus": f"{args.uri} ({args.collection})"}

@@ -24,7 +24,7 @@ import psutil
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.errors import run_script
 from pneumo.milvus_archive import building
-from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist
+from pneumo.retrieval import DEFAULT_INDEX, IndexSpec, archive_sampler, build_index, default_nlist
 from pneumo.runtime import DEFAULT_RUN, print_run_header
 
 
@@ -76,7 +76,8 @@ def main(args):
         truth = None
         for kind, params in plan(n, args):
             before, start = rss_mb(), time.perf_counter()
-            index = build_index(vectors, kind, "l2", **params)
+            spec = IndexSpec(kind, "l2", **params)
+            index = build_index(vectors, spec)
             build_s, memory = time.perf_counter() - start, rss_mb() - before
             p50, p95, found = latency(lambda q, index=index: index.search(q, 10)[1], queries)
             truth = found if kind == "flat" else truth
@@ -85,9 +86,7 @@ def main(args):
             folder = tempfile.mkdtemp(prefix="milvus-bench-")
             try:
                 before, start = rss_mb(), time.perf_counter()
-                with building(os.path.join(folder, "bench.db"), "bench", vectors, labels, kind, "l2",
-                              hnsw_m=params.get("hnsw_m", 32), nlist=params.get("nlist"),
-                              ef_search=params.get("ef_search", 64), nprobe=params.get("nprobe", 16)) as milvus:
+                with building(os.path.join(folder, "bench.db"), "bench", vectors, labels, spec) as milvus:
                     build_s, memory = time.perf_counter() - start, rss_mb() - before
                     p50, p95, found = latency(lambda q: milvus.search(q, 10)[1], queries)
                 rows.append(report(n, "milvus-lite", kind, params, build_s, memory, p50, p95, recall(found, truth)))

@@ -23,7 +23,7 @@ import psutil
 
 from pneumo.atomic import write_json_atomic, write_text_atomic
 from pneumo.errors import run_script
-from pneumo.retrieval import DEFAULT_INDEX, archive_sampler, build_index, default_nlist, in_chunks
+from pneumo.retrieval import DEFAULT_INDEX, IndexSpec, archive_sampler, build_index, default_nlist, in_chunks
 from pneumo.runtime import DEFAULT_RUN, print_run_header
 
 DIM = 512
@@ -64,7 +64,7 @@ def main(args):
         for kind, build, settings in index_plan(n, args):
             before = rss()
             start = time.perf_counter()
-            index = build_index(vectors, kind, "l2", **build)
+            index = build_index(vectors, IndexSpec(kind, "l2", **build))
             build_s = time.perf_counter() - start
             mem_mb = (rss() - before) / 2**20
             if kind == "flat":

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumo.archive import ArchiveSource
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.errors import run_script
 from pneumo.runtime import DEFAULT_RUN, UserError
@@ -95,7 +96,8 @@ def upload(client, film):
 
 def in_process(film, n):
     from pneumo.viewer import CaseViewer
-    viewer = CaseViewer(REPO / "models" / "task1_model.pth", REPO / "models" / "task3_index.faiss", REPO / "data", "cpu")
+    viewer = CaseViewer(REPO / "models" / "task1_model.pth", ArchiveSource(index=REPO / "models" / "task3_index.faiss"),
+                        REPO / "data", "cpu")
     viewer.analyse(viewer.file_case(film))  # warm-up
     times = []
     for _ in range(n):

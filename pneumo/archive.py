@@ -1,13 +1,103 @@
-"""The one way every script opens the case archive, wherever it lives: a FAISS index file with its
-metadata (pneumo.retrieval) or a Milvus collection (pneumo.milvus_archive)."""
-from .milvus_archive import load_milvus
-from .retrieval import load_index
+"""The case archive as every script meets it: where it lives (`ArchiveSource`: a FAISS index file with its
+metadata, pneumo.retrieval, or a Milvus collection, pneumo.milvus_archive), how it is opened, and how it
+is built (embed the splits, index them, the out-of-distribution reference, the metadata)."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import file_sha256
+from .data import CLASS_NAMES, data_file, load_split
+from .errors import UserError
+from .milvus_archive import building, load_milvus
+from .retrieval import IndexSpec, build_index, load_index, meta_path, save_index, search
+from .screening import nearest_score, ood_reference, screen
+
+MIN_PER_CELL = 39  # k-means needs about this many vectors per IVF cell
 
 
-def open_index(backend, index_path, uri, collection, checkpoint_sha256: str, dim: int | None = None, data_root=None):
-    """(index, metadata) of the archive wherever it lives: the FAISS pair at index_path, or the Milvus
-    collection at uri (pneumo.milvus_archive); both come back searchable by `search`. With `data_root`, an archive built from another data file than the
-one there is refused (its rows would show other pictures)."""
-    if backend == "milvus":
-        return load_milvus(uri, collection, checkpoint_sha256, dim, data_root)
-    return load_index(index_path, checkpoint_sha256, dim, data_root)
+@dataclass(frozen=True)
+class ArchiveSource:
+    """Where the archive lives: the FAISS pair at `index` (backend "faiss"), or the Milvus collection
+    `collection` at `uri` (backend "milvus"; a local file runs Milvus Lite)."""
+    backend: str = "faiss"
+    index: Path | None = None
+    uri: str | None = None
+    collection: str | None = None
+
+    @classmethod
+    def from_args(cls, args, index=None):
+        """From the shared --backend/--uri/--collection flags and the script's --index (or `index`)."""
+        return cls(args.backend, index if index is not None else getattr(args, "index", None), args.uri, args.collection)
+
+    def open(self, checkpoint_sha256: str, dim: int | None = None, data_root=None):
+        """(index, metadata), searchable by pneumo.retrieval.search whatever the backend, after the checks
+        of load_index / load_milvus. With `data_root`, an archive built from another data file than the one
+        there is refused (its rows would show other pictures)."""
+        if self.backend == "milvus":
+            return load_milvus(self.uri, self.collection, checkpoint_sha256, dim, data_root)
+        return load_index(self.index, checkpoint_sha256, dim, data_root)
+
+    def describe(self) -> str:
+        """Where it lives, in words for the outputs."""
+        return f"milvus {self.uri} ({self.collection})" if self.backend == "milvus" else str(self.index)
+
+
+def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> dict:
+    """Embed `splits` of the data file with the classifier, index them as `spec` says where `source` says,
+    with the out-of-distribution reference of val and the metadata (`record`: the run's own, from
+    print_run_header). Returns the metadata written."""
+    loaded = {split: load_split(data_root, split, clf.image_size) for split in splits}
+    n = sum(len(labels) for _, labels in loaded.values())
+    if spec.index_type == "ivf" and spec.nlist is not None and spec.nlist > n // MIN_PER_CELL:
+        raise UserError(f"--nlist {spec.nlist} is too many cells for {n} cases: k-means needs at least {MIN_PER_CELL} "
+                        f"per cell, so at most {max(1, n // MIN_PER_CELL)}; lower it or leave it out (default about 4*sqrt(N))")
+    start = time.perf_counter()
+    vectors = np.concatenate([clf.embed(images, batch_size, desc=f"embed {split}") for split, (images, _) in loaded.items()])
+    rows = [{"split": split, "index": i, "label": CLASS_NAMES[y]}
+            for split, (_, labels) in loaded.items() for i, y in enumerate(labels.tolist())]
+    build = {"index_type": spec.index_type, "splits": list(splits), "dim": int(vectors.shape[1]),
+             "embed_seconds": round(time.perf_counter() - start, 2)}
+    if spec.index_type == "hnsw":
+        build.update(hnsw_m=spec.hnsw_m, ef_search=spec.ef_search)
+    meta = {**record, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "metric": spec.metric,
+            "image_size": clf.image_size, "data_sha256": file_sha256(data_file(data_root, clf.image_size)),
+            "build": build, "rows": rows}
+    val_images = loaded["val"][0] if "val" in loaded else load_split(data_root, "val", clf.image_size)[0]
+    start = time.perf_counter()
+    if source.backend == "faiss":
+        index = build_index(vectors, spec)
+        if spec.index_type == "ivf":
+            build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
+        build["build_seconds"] = round(time.perf_counter() - start, 3)
+        meta["ood"] = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
+        save_index(index, meta, source.index)
+        return meta
+    with building(source.uri, source.collection, vectors, rows, spec) as index:
+        build.update({k: v for k, v in index.meta["build"].items() if k != "index_type"}, backend="milvus")
+        build["build_seconds"] = round(time.perf_counter() - start, 3)
+        meta["ood"] = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
+        index.finish({**meta, "ntotal": len(rows), "dim": int(vectors.shape[1])})
+    return meta
+
+
+def val_reference(clf, index, meta, vectors, val_images, val_archived: bool, batch_size=256) -> dict:
+    """What val images look like to the out-of-distribution flags: their nearest archived case (themselves
+    left out when val is archived) and their grey levels."""
+    if val_archived:
+        rows = [i for i, r in enumerate(meta["rows"]) if r["split"] == "val"]
+        queries, exclude = vectors[rows], rows
+    else:
+        queries, exclude = clf.embed(val_images, batch_size), None
+    hits = search(index, meta, queries, 1, exclude)
+    scores = [nearest_score(h) for h in hits]
+    reference = ood_reference(scores, meta["metric"], val_images)
+    reference["val_flagged_share"] = float(np.mean([bool(f) for f in screen(val_images, None, scores, reference)]))
+    return reference
+
+
+def written_where(source: ArchiveSource) -> str:
+    if source.backend == "faiss":
+        return f"wrote {source.index} and {meta_path(source.index)}"
+    return f"wrote collection {source.collection!r} at {source.uri}"

@@ -3,9 +3,11 @@ the stored threshold, Grad-CAM region, similar archived cases, input flags), the
 its reading and audit, and the Markdown report. task2/generate_reports.py and viewer/app.py both build
 their reports here.
 
-A case is a dict: name, label (None for a user's file), key ((split, index) or None), path (a user's
-file or None), small (uint8 at the classifier's size), and for the VLM vlm_image (PIL) and vlm_source.
+A case is a `Case`; what the classifier says about it, a `ClassifierBlock`; both go to the results files
+through `to_json` and come back through `from_json`.
 """
+from dataclasses import asdict, dataclass, field, fields
+
 import numpy as np
 from PIL import Image
 
@@ -14,12 +16,68 @@ from .data import CLASS_NAMES
 from .explain import coarse_region
 from .impression import parse_impression
 from .pictures import read_picture
-from .retrieval import exclusions, hit_score, search
+from .retrieval import exclusions, score_name, search
 from .runtime import UserError
 from .screening import screen_inputs
 from .vlm import build_messages, generate
 
-NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "distance", "similarity")
+NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "score")
+
+
+@dataclass
+class ClassifierBlock:
+    """What the classifier says about a case: P(pneumonia), the decision at the checkpoint's stored
+    threshold, the Grad-CAM region of the pneumonia map, the input flags, and the similar archived cases
+    (None without an archive) with the metric their scores are in."""
+    checkpoint_sha256: str
+    probability: float
+    threshold: float
+    prediction: str
+    region: str
+    flags: list = field(default_factory=list)
+    neighbours: list | None = None
+    metric: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ClassifierBlock":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class Case:
+    """One chest X-ray: a dataset case (key = (split, index), label its truth) or a user's file (path,
+    label None). `small` is the classifier's input (uint8 at its size); `display` what a page shows; the
+    VLM's picture and its source; the classifier's block once analysed; and, in the viewer, Grad-CAM maps
+    of both classes, the neighbours' films and the narratives asked for."""
+    name: str
+    small: np.ndarray
+    label: str | None = None
+    key: tuple | None = None
+    path: str | None = None
+    slug: str | None = None
+    display: np.ndarray | None = None
+    vlm_image: object = None
+    vlm_source: str | None = None
+    classifier: ClassifierBlock | None = None
+    maps: dict | None = None
+    neighbour_films: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """What the results files keep of a case (no pixels)."""
+        return {"image": self.name, "label": self.label, "key": list(self.key) if self.key else None,
+                "classifier": self.classifier.to_json() if self.classifier else None}
+
+    @classmethod
+    def from_json(cls, data: dict, small=None) -> "Case":
+        """The case a results record describes; pixels only when given."""
+        block = data.get("classifier")
+        return cls(name=data["image"], small=small, label=data.get("label"),
+                   key=tuple(data["key"]) if data.get("key") else None,
+                   classifier=ClassifierBlock.from_json(block) if block else None)
 
 
 def vlm_picture(case, large=None):
@@ -28,24 +86,24 @@ def vlm_picture(case, large=None):
     larger size when `large` = (images, labels, size) of its split is given ("medmnist_<size>px"); a label
     that disagrees with the case's means a file of another release and is refused, never replaced. Without
     `large`: the classifier's own image ("medmnist_<its size>px"); callers say so."""
-    if case["path"]:
-        return read_picture(case["path"]).convert("RGB"), "file"
-    split, index = case["key"]
+    if case.path:
+        return read_picture(case.path).convert("RGB"), "file"
+    split, index = case.key
     if large is None:
-        return Image.fromarray(case["small"]).convert("RGB"), f"medmnist_{len(case['small'])}px"
+        return Image.fromarray(case.small).convert("RGB"), f"medmnist_{len(case.small)}px"
     images, labels, size = large
-    if CLASS_NAMES[int(labels[index])] != case["label"]:
+    if CLASS_NAMES[int(labels[index])] != case.label:
         raise UserError(f"the {size}-px file disagrees with the classifier's on the label of {split} #{index}; "
                         f"both must be PneumoniaMNIST files of the same release")
     return Image.fromarray(images[index]).convert("RGB"), f"medmnist_{size}px"
 
 
 def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
-    """Set case["classifier"] on every case; returns the input flags per case. `archive` is (index,
+    """Set case.classifier on every case; returns the input flags per case. `archive` is (index,
     metadata) or None (no neighbours, no out-of-distribution check); `maps` are the pneumonia-class
     Grad-CAM maps when the caller already has them."""
-    small = np.stack([c["small"] for c in cases])
-    keys = [c["key"] for c in cases]
+    small = np.stack([c.small for c in cases])
+    keys = [c.key for c in cases]
     probs = clf.predict_proba(small)
     if maps is None:
         maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
@@ -54,63 +112,65 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
         vectors = clf.embed(small)
         if k:
             neighbours = search(*archive, vectors, k, exclusions(archive[1], keys))
-    flags = screen_inputs(clf, small, [c["path"] for c in cases], archive, keys, vectors)
+    flags = screen_inputs(clf, small, [c.path for c in cases], archive, keys, vectors)
     for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
-        case["classifier"] = {
-            "checkpoint_sha256": clf.sha256, "probability": round(float(prob), 4), "threshold": round(clf.threshold, 4),
-            "prediction": clf.label(prob), "region": coarse_region(cam), "flags": found,
-            "neighbours": [{f: h[f] for f in NEIGHBOUR_FIELDS if f in h} for h in hits] if hits else None}
+        case.classifier = ClassifierBlock(
+            checkpoint_sha256=clf.sha256, probability=round(float(prob), 4), threshold=round(clf.threshold, 4),
+            prediction=clf.label(prob), region=coarse_region(cam), flags=found,
+            neighbours=[{f: h[f] for f in NEIGHBOUR_FIELDS} for h in hits] if hits else None,
+            metric=archive[1]["metric"] if archive is not None else None)
     return flags
 
 
 def narrate(vlm, batch, strategy, max_new_tokens):
     """The VLM's outputs for a batch of cases (pneumo.vlm.generate), prompted with their classifier blocks."""
     model, processor = vlm
-    conversations = [build_messages(strategy, case["vlm_image"], context(case)) for case in batch]
+    conversations = [build_messages(strategy, case.vlm_image, context(case)) for case in batch]
     return generate(model, processor, conversations, max_new_tokens)
 
 
 def context(case):
-    c = case["classifier"]
-    return {"probability": c["probability"], "threshold": c["threshold"], "prediction": c["prediction"],
-            "region": c["region"], "neighbours": c["neighbours"]}
+    c = case.classifier
+    return {"probability": c.probability, "threshold": c.threshold, "prediction": c.prediction,
+            "region": c.region, "neighbours": c.neighbours}
 
 
 def narrative_record(case, strategy, narrative, vlm, model_id, quantization):
     """What a report keeps of one narrative: model, input, prompt, text, its reading and its audit."""
     processor = vlm[1]
     size = getattr(processor.image_processor, "size", None)
-    w, h = case["vlm_image"].size
+    w, h = case.vlm_image.size
     prompt = build_messages(strategy, "<image>", context(case))
     usable = narrative["degenerate"] is None
     impression, source = parse_impression(narrative["text"]) if usable else ("uncertain", None)
     return {"strategy": strategy, "model": model_id, "quantization": quantization,
-            "vlm_input": {"source": case["vlm_source"], "width": w, "height": h, "mode": case["vlm_image"].mode,
+            "vlm_input": {"source": case.vlm_source, "width": w, "height": h, "mode": case.vlm_image.mode,
                           "processor_size": dict(size) if size is not None else None},
             "prompt": [{"role": m["role"], "text": " ".join(c["text"] for c in m["content"] if c["type"] == "text")}
                        for m in prompt],
             "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
             "degenerate": narrative["degenerate"],
             "impression": impression, "label_source": source,
-            "audit": audit(narrative["text"], impression, case["classifier"]) if usable else {},
+            "audit": audit(narrative["text"], impression, case.classifier.to_json()) if usable else {},
             "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
             "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
 
 
 def markdown_report(case, records, written_by):
     """The case's report: classifier block, flags, then each narrative with its reading and audit flags."""
-    c = case["classifier"]
-    hits = c["neighbours"] or []
-    similar = ", ".join(f"{h['label']} ({hit_score(h):.2f})" for h in hits) or "no index"
-    lines = [f"# Chest X-ray report: {case['name']}", "",
-             f"Ground truth: {case['label'] or 'unknown (user image)'}", "",
+    c = case.classifier
+    hits = c.neighbours or []
+    similar = ", ".join(f"{h['label']} ({h['score']:.2f})" for h in hits) or "no index"
+    word = score_name(c.metric) if c.metric else "distance"
+    lines = [f"# Chest X-ray report: {case.name}", "",
+             f"Ground truth: {case.label or 'unknown (user image)'}", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
-             f"| P(pneumonia) | {c['probability']:.3f} |",
-             f"| Decision at val threshold {c['threshold']:.3f} | **{c['prediction']}** |",
-             f"| Grad-CAM evidence (pneumonia) | {c['region']} |",
-             f"| Most similar archived cases (label, distance) | {similar} |", ""]
-    if c.get("flags"):
-        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c["flags"]) + ".", ""]
+             f"| P(pneumonia) | {c.probability:.3f} |",
+             f"| Decision at val threshold {c.threshold:.3f} | **{c.prediction}** |",
+             f"| Grad-CAM evidence (pneumonia) | {c.region} |",
+             f"| Most similar archived cases (label, {word}) | {similar} |", ""]
+    if c.flags:
+        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c.flags) + ".", ""]
     for r in records:
         if r["narrative"] is None and r.get("note"):
             lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]
@@ -120,7 +180,7 @@ def markdown_report(case, records, written_by):
             lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
             continue
         lines += [r["narrative"], "", "| Classifier | VLM impression (read from) |", "|---|---|",
-                  f"| {c['prediction']} (P = {c['probability']:.3f}) | {r['impression']} ({r['label_source']}) |", ""]
+                  f"| {c.prediction} (P = {c.probability:.3f}) | {r['impression']} ({r['label_source']}) |", ""]
         if r["audit"]:
             lines += ["**Audit flags:** " + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()) + ".", ""]
     lines.append(f"_Research output, not a diagnosis. Generated by {written_by}._")

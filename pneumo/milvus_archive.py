@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .retrieval import METRICS, check_data, check_meta, default_nlist, meta_digest, prepare
+from .retrieval import EXACT, METRICS, IndexSpec, check_data, check_meta, default_nlist, meta_digest, prepare
 from .runtime import UserError
 
 DEFAULT_COLLECTION = "task3_archive"
@@ -60,13 +60,13 @@ def connect(uri, create=False):
         raise UserError(f"cannot open Milvus at {uri} ({type(err).__name__}: {str(err).splitlines()[0][:160]}){local}") from None
 
 
-def index_params(client, index_type, metric, n, hnsw_m=32, ef_construction=80, nlist=None):
-    params = {"hnsw": {"M": hnsw_m, "efConstruction": ef_construction},
-              "ivf": {"nlist": nlist or default_nlist(n)}}.get(index_type, {})
-    spec = client.prepare_index_params()
-    spec.add_index(field_name="vector", index_type=_MILVUS_INDEX[index_type], metric_type=_MILVUS_METRIC[metric],
-                   params=params)
-    return spec, params
+def index_params(client, spec: IndexSpec, n):
+    params = {"hnsw": {"M": spec.hnsw_m, "efConstruction": spec.ef_construction},
+              "ivf": {"nlist": spec.nlist or default_nlist(n)}}.get(spec.index_type, {})
+    milvus_spec = client.prepare_index_params()
+    milvus_spec.add_index(field_name="vector", index_type=_MILVUS_INDEX[spec.index_type],
+                          metric_type=_MILVUS_METRIC[spec.metric], params=params)
+    return milvus_spec, params
 
 
 def search_params(meta):
@@ -76,15 +76,14 @@ def search_params(meta):
 
 
 @contextmanager
-def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hnsw_m=32, ef_construction=80,
-             nlist=None, ef_search=64, nprobe=16, progress=True):
+def building(uri, collection, vectors, rows, spec: IndexSpec = EXACT, progress=True):
     """Build the archive under a temporary name and yield a MilvusIndex over it; `finish(meta)` on the
     yielded index stores the metadata and swaps it in under `collection`. An error or interruption
     before that drops the temporary collection: queries see the old archive or none, never half of one."""
     from pymilvus import DataType
     from tqdm import tqdm
     client = connect(uri, create=True)
-    vectors = prepare(vectors, metric)
+    vectors = prepare(vectors, spec.metric)
     temporary = f"{collection}__building_{os.getpid()}"
     if client.has_collection(temporary):
         client.drop_collection(temporary)
@@ -94,8 +93,8 @@ def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hns
     schema.add_field("split", DataType.VARCHAR, max_length=16)
     schema.add_field("index", DataType.INT64)
     schema.add_field("label", DataType.VARCHAR, max_length=32)
-    spec, params = index_params(client, index_type, metric, len(vectors), hnsw_m, ef_construction, nlist)
-    client.create_collection(temporary, schema=schema, index_params=spec)
+    milvus_spec, params = index_params(client, spec, len(vectors))
+    client.create_collection(temporary, schema=schema, index_params=milvus_spec)
     finished = False
     try:
         for start in tqdm(range(0, len(vectors), INSERT_BATCH), desc=f"insert into Milvus {collection}",
@@ -104,8 +103,9 @@ def building(uri, collection, vectors, rows, index_type="flat", metric="l2", hns
             client.insert(temporary, [{"row": i, "vector": vectors[i], **rows[i]} for i in range(start, stop)])
         client.flush(temporary)
         client.load_collection(temporary)
-        searching = {"hnsw": {"ef_search": ef_search}, "ivf": {"nprobe": nprobe}}.get(index_type, {})
-        index = MilvusIndex(client, temporary, {"metric": metric, "build": {"index_type": index_type, **params, **searching}},
+        searching = {"hnsw": {"ef_search": spec.ef_search}, "ivf": {"nprobe": spec.nprobe}}.get(spec.index_type, {})
+        index = MilvusIndex(client, temporary, {"metric": spec.metric,
+                                                "build": {"index_type": spec.index_type, **params, **searching}},
                             int(vectors.shape[1]), len(vectors))
 
         def finish(meta):

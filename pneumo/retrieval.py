@@ -1,6 +1,7 @@
 """FAISS case index over the classifier's embeddings: build, save atomically, load with checks, search."""
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
@@ -16,18 +17,14 @@ DEFAULT_INDEX = "models/task3_index.faiss"
 INDEX_NAME = "task3_index.faiss"  # the index inside a run folder
 
 
-# What a hit's score is called under each metric, the one place that says it: an L2 distance (lower is
-# closer) or a cosine similarity (higher is closer). Hits, results files and reports carry it under this name.
+# A hit carries one `score`; the archive's metadata (and every results file) names the metric that says
+# what it is: an L2 distance (lower is closer) or a cosine similarity (higher is closer). This is the one
+# place that puts it in words.
 SCORE_NAMES = {"l2": "distance", "cosine": "similarity"}
 
 
 def score_name(metric: str) -> str:
     return SCORE_NAMES[metric]
-
-
-def hit_score(hit: dict) -> float:
-    """A hit's score, whichever metric its archive uses."""
-    return next(hit[name] for name in SCORE_NAMES.values() if name in hit)
 
 
 def prepare(vectors, metric):
@@ -39,25 +36,50 @@ def prepare(vectors, metric):
     return vectors
 
 
-def build_index(vectors, index_type="flat", metric="l2", hnsw_m=32, ef_construction=80, ef_search=64,
-                nlist=None, nprobe=16):
+@dataclass(frozen=True)
+class IndexSpec:
+    """How an archive is indexed, in the same words for FAISS and Milvus: the index type, the metric,
+    and the parameters of the approximate types (HNSW: hnsw_m, ef_construction, ef_search; IVF: nlist,
+    nprobe; nlist None = about 4*sqrt(N))."""
+    index_type: str = "flat"
+    metric: str = "l2"
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+    nlist: int | None = None
+    nprobe: int = 16
+
+    def __post_init__(self):
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {self.index_type!r}; choose from {INDEX_TYPES}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {METRICS}")
+
+    @classmethod
+    def from_args(cls, args):
+        """From build_index.py's flags (which name the same fields)."""
+        return cls(**{name: getattr(args, name) for name in asdict(cls()) if hasattr(args, name)})
+
+
+EXACT = IndexSpec()  # flat, L2: the default archive
+
+
+def build_index(vectors, spec: IndexSpec = EXACT):
     """An exact (flat) or approximate (HNSW, IVF-flat) index holding `vectors` in row order, made by
     faiss.index_factory ("Flat", "HNSW<m>", "IVF<nlist>,Flat")."""
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"unknown index type {index_type!r}; choose from {INDEX_TYPES}")
-    vectors = prepare(vectors, metric)
-    nlist = nlist or default_nlist(len(vectors))
-    spec = {"flat": "Flat", "hnsw": f"HNSW{hnsw_m}", "ivf": f"IVF{nlist},Flat"}[index_type]
-    index = faiss.index_factory(vectors.shape[1], spec,
-                                faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
-    if index_type == "hnsw":
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
-    elif index_type == "ivf":
+    vectors = prepare(vectors, spec.metric)
+    nlist = spec.nlist or default_nlist(len(vectors))
+    factory = {"flat": "Flat", "hnsw": f"HNSW{spec.hnsw_m}", "ivf": f"IVF{nlist},Flat"}[spec.index_type]
+    index = faiss.index_factory(vectors.shape[1], factory,
+                                faiss.METRIC_INNER_PRODUCT if spec.metric == "cosine" else faiss.METRIC_L2)
+    if spec.index_type == "hnsw":
+        index.hnsw.efConstruction = spec.ef_construction
+        index.hnsw.efSearch = spec.ef_search
+    elif spec.index_type == "ivf":
         # k-means on a 64-per-cell sample: minutes, not an hour, at 1M
         faiss.extract_index_ivf(index).cp.max_points_per_centroid = 64
         index.train(vectors)
-        index.nprobe = min(nprobe, nlist)
+        index.nprobe = min(spec.nprobe, nlist)
     index.add(vectors)
     return index
 
@@ -159,24 +181,19 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=N
     return index, meta
 
 
-def describe(args) -> str:
-    """Where the archive of a script's --backend flags lives, in words for its outputs."""
-    return f"milvus {args.uri} ({args.collection})" if args.backend == "milvus" else str(args.index)
-
-
 def search(index, meta, queries, k, exclude=None):
-    """Top-k rows per query as lists of {rank, row, distance|similarity, split, index, label}.
+    """Top-k rows per query as lists of {rank, row, score, split, index, label}; the score is what
+    meta["metric"] measures (score_name).
     `exclude[i]` is an archive row to drop from query i's results (the query itself)."""
     if k > index.ntotal - (1 if exclude is not None else 0):
         raise UserError(f"k={k} is larger than the archive ({index.ntotal} cases"
                         f"{', less the query itself' if exclude is not None else ''})")
     queries = prepare(queries, meta["metric"])
     scores, rows = index.search(queries, k + (1 if exclude is not None else 0))
-    key = score_name(meta["metric"])
     results = []
     for i, (row_scores, row_ids) in enumerate(zip(scores, rows)):
         hits = [(s, r) for s, r in zip(row_scores, row_ids) if r >= 0 and (exclude is None or r != exclude[i])][:k]
-        results.append([{"rank": rank + 1, "row": int(r), key: _score(s, meta["metric"]), **meta["rows"][r]}
+        results.append([{"rank": rank + 1, "row": int(r), "score": _score(s, meta["metric"]), **meta["rows"][r]}
                         for rank, (s, r) in enumerate(hits)])
     return results
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import UserError
 from .pictures import picture_size
-from .retrieval import exclusions, hit_score, load_index, score_name, search
+from .retrieval import exclusions, load_index, score_name, search
 
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
 # publishes is 64 px, and the source films are over 1,000 px.
@@ -52,7 +52,7 @@ def ood_reference(nearest_scores, metric: str, val_images) -> dict:
 
 
 def nearest_score(hits):
-    return hit_score(hits[0])
+    return hits[0]["score"]
 
 
 def is_out_of_distribution(score, ood: dict) -> bool:

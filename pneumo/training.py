@@ -1,6 +1,7 @@
 """The pieces of a training run that train.py assembles: processes and devices, mixed precision,
 class weights, the weight average, one epoch, and the resume file."""
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,25 +87,42 @@ def make_ema(model, decay):
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp_dtype,
-                    ema=None, ema_start=0, desc=None):
-    model.train()
+@dataclass
+class Trainer:
+    """What one optimiser step needs: the model (DDP-wrapped or not), optimiser, per-step schedule, loss
+    scaler (fp16 only), criterion, device, autocast dtype (None: fp32), and the weight average (ema, None
+    when off) that starts after ema_start optimiser steps."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    ema: object = None
+    ema_start: int = 0
+
+
+def train_one_epoch(trainer: Trainer, loader, desc=None):
+    """One pass over the loader; the mean training loss. A loss that becomes NaN/inf stops the run."""
+    t = trainer
+    t.model.train()
     total, count = 0.0, 0
     for step, (images, labels) in enumerate(tqdm(loader, desc=desc, disable=desc is None, leave=False), 1):
-        x = normalize(images).to(device, memory_format=torch.channels_last)
-        y = labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = criterion(model(x), y)
+        x = normalize(images).to(t.device, memory_format=torch.channels_last)
+        y = labels.to(t.device)
+        with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
+            loss = t.criterion(t.model(x), y)
         if not torch.isfinite(loss):  # nothing after this step could be trusted; stop here, in one line
             raise UserError(f"training diverged: the loss became {loss.item()} at step {step} of {desc or 'an epoch'}; "
                             f"lower --lr or check the data (nothing was written at --out)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None and scheduler.last_epoch > ema_start:  # last_epoch counts optimiser steps
-            ema.update_parameters(unwrap(model))
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step()
+        if t.ema is not None and t.scheduler.last_epoch > t.ema_start:  # last_epoch counts optimiser steps
+            t.ema.update_parameters(unwrap(t.model))
         total += loss.item() * len(y)
         count += len(y)
     return total / count

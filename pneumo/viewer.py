@@ -7,30 +7,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .archive import open_index
-from .cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
+from .archive import ArchiveSource
+from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_split
 from .explain import coarse_region, overlay
 from .model import EMBEDDING_DIM
 from .pictures import load_image_file, read_picture
 from .runtime import UserError
+from .vlm import VlmSession
 
 WRITTEN_BY = "viewer/app.py"
 OUTCOMES = ("all", "correct", "incorrect")
 
 
 class CaseViewer:
-    def __init__(self, checkpoint, index, data_root, device="cpu", k=5, vlm=None, vlm_note=None, model_id=None,
-                 quantization="nf4", backend="faiss", uri=None, collection=None):
+    def __init__(self, checkpoint, source: ArchiveSource, data_root, device="cpu", k=5, vlm: VlmSession | None = None,
+                 vlm_note=None):
         self.clf = Classifier.load(checkpoint, device)
         self.data_root, self.k = data_root, k
         self.archive, self.index_note = None, None
         try:
-            self.archive = open_index(backend, index, uri, collection, self.clf.sha256, EMBEDDING_DIM, data_root)
+            self.archive = source.open(self.clf.sha256, EMBEDDING_DIM, data_root)
         except UserError as err:  # the verdict and the map do not need the archive
             self.index_note = f"no similar cases: {err}"
-        self.vlm, self.vlm_note, self.model_id, self.quantization = vlm, vlm_note, model_id, quantization
+        self.vlm, self.vlm_note = vlm, vlm_note
         self._splits, self._probs = {}, {}
 
     # ---- where cases come from -------------------------------------------------------------------
@@ -53,16 +54,14 @@ class CaseViewer:
         if index is None or float(index) != int(float(index)):
             raise UserError(f"the index must be a whole number, not {index!r}")
         index = check_indices([int(float(index))], len(labels), split)[0]
-        return {"name": f"{split} #{index}", "label": CLASS_NAMES[labels[index]], "key": (split, index),
-                "path": None, "small": images[index], "display": images[index]}
+        return Case(f"{split} #{index}", images[index], CLASS_NAMES[labels[index]], (split, index), display=images[index])
 
     def file_case(self, path, name=None):
         """A user's file (PNG, JPEG, DICOM, ...), named by its file name alone."""
         small = load_image_file(path, self.clf.image_size)
         display = read_picture(path)
         display.thumbnail((512, 512))
-        return {"name": name or Path(path).name, "label": None, "key": None, "path": str(path), "small": small,
-                "display": np.asarray(display)}
+        return Case(name or Path(path).name, small, path=str(path), display=np.asarray(display))
 
     def matching(self, split, truth="all", predicted="all", outcome="all", p_min=0.0, p_max=1.0):
         """Indices of `split` whose true label, decision, correctness and P(pneumonia) pass the filters;
@@ -86,42 +85,41 @@ class CaseViewer:
     # ---- what is said about a case ---------------------------------------------------------------
     def analyse(self, case):
         """The case with its classifier block, Grad-CAM maps for both classes and neighbour films."""
-        maps, _ = self.clf.gradcam(np.stack([case["small"]] * 2), target_classes=[0, 1])
-        case["maps"] = {name: m for name, m in zip(CLASS_NAMES, maps)}
+        maps, _ = self.clf.gradcam(np.stack([case.small] * 2), target_classes=[0, 1])
+        case.maps = {name: m for name, m in zip(CLASS_NAMES, maps)}
         add_classifier_blocks(self.clf, [case], self.archive, self.k, maps=maps[1:])
-        case["neighbour_films"] = [self.split(h["split"])[0][h["index"]] for h in case["classifier"]["neighbours"] or []]
-        case["records"] = []
+        case.neighbour_films = [self.split(h["split"])[0][h["index"]] for h in case.classifier.neighbours or []]
+        case.records = []
         return case
 
     def overlay(self, case, target="pneumonia", opacity=0.6):
-        return overlay(case["small"], case["maps"][target], strength=float(opacity))
+        return overlay(case.small, case.maps[target], strength=float(opacity))
 
     def region(self, case, target="pneumonia"):
-        return coarse_region(case["maps"][target])
+        return coarse_region(case.maps[target])
 
     def narrate(self, case, strategy="context_aware", max_new_tokens=300):
         """The VLM's narrative for the case, on request; a clear error when no VLM is loaded."""
         if self.vlm is None:
             raise UserError(self.vlm_note or "no VLM is loaded (start the viewer with --vlm auto on a GPU)")
-        case["vlm_image"], case["vlm_source"] = self.vlm_image(case)
-        narrative = narrate(self.vlm, [case], strategy, max_new_tokens)[0]
-        record = narrative_record(case, strategy, narrative, self.vlm, self.model_id, self.quantization)
-        case["records"] = [r for r in case["records"] if r["strategy"] != strategy] + [record]
+        case.vlm_image, case.vlm_source = self.vlm_image(case)
+        narrative = narrate(self.vlm.pair, [case], strategy, max_new_tokens)[0]
+        record = narrative_record(case, strategy, narrative, self.vlm.pair, self.vlm.model_id, self.vlm.quantization)
+        case.records = [r for r in case.records if r["strategy"] != strategy] + [record]
         return record
 
     def vlm_image(self, case):
         """pneumo.cases.vlm_picture, with MedMNIST+'s 224-px film when it is on disk (a file of another
         release is refused there, as in generate_reports)."""
         large = None
-        if not case["path"] and data_file(self.data_root, 224).exists():
-            large = (*self.split(case["key"][0], 224), 224)
+        if not case.path and data_file(self.data_root, 224).exists():
+            large = (*self.split(case.key[0], 224), 224)
         return vlm_picture(case, large)
 
     def report(self, case):
         """(Markdown, JSON text) of the case's report: the same Markdown generate_reports writes."""
-        markdown = markdown_report(case, case["records"], WRITTEN_BY)
-        data = {"image": case["name"], "label": case["label"], "classifier": case["classifier"],
-                "narratives": case["records"], "index": self.index_summary()}
+        markdown = markdown_report(case, case.records, WRITTEN_BY)
+        data = {**case.to_json(), "narratives": case.records, "index": self.index_summary()}
         return markdown, json.dumps(data, indent=2, default=str)
 
     def index_summary(self):

@@ -3,6 +3,7 @@ Reading the narrative back is pneumo.impression's work."""
 import gc
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -76,6 +77,14 @@ def load_weights(model_id: str, quantization: str, device: torch.device, dtype: 
     return AutoModelForImageTextToText.from_pretrained(
         model_id, token=token, dtype=dtype, quantization_config=quantization_cfg,
         device_map={"": device.index or 0} if device.type == "cuda" else None)
+
+
+@dataclass(frozen=True)
+class VlmSession:
+    """A loaded VLM and what its records name: `pair` is load_vlm's (model, processor)."""
+    pair: tuple
+    model_id: str
+    quantization: str
 
 
 def load_vlm(model_id: str, quantization: str, device: torch.device):

@@ -30,6 +30,7 @@ from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, seed_everything
 from pneumo.training import (
+    Trainer,
     balanced_class_weights,
     load_resume_state,
     make_ema,
@@ -127,7 +128,8 @@ def main(args):
         state = load_resume_state(resume_path, args, model, optimizer, scheduler, scaler, ema)
         if is_main:
             print(f"resuming after epoch {state['epoch']} from {resume_path}")
-    ddp_model = wrap_distributed(model, device, world_size)
+    trainer = Trainer(wrap_distributed(model, device, world_size), optimizer, scheduler, scaler, criterion, device,
+                      amp_dtype, ema, ema_start)
     if is_main:
         run.update(world_size=world_size, steps_per_epoch=len(loader), device=str(device), amp=str(amp_dtype))
         print(f"device {device} x{world_size}  amp {amp_dtype}  train {len(train_labels)}  val {len(val_labels)}  "
@@ -137,8 +139,7 @@ def main(args):
         start = time.perf_counter()
         seed_everything(args.seed + 1000 * epoch + rank)  # resuming at any epoch replays the same draws
         sampler.set_epoch(epoch)
-        train_loss = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, criterion, device,
-                                     amp_dtype, ema, ema_start, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
+        train_loss = train_one_epoch(trainer, loader, desc=f"epoch {epoch}/{args.epochs}" if is_main else None)
         evaluated = ema.module if ema is not None and ema.n_averaged > 0 else model
         if args.bn_stats == "recompute":
             recompute_bn_statistics(evaluated, train_images, device)

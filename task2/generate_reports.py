@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from pneumo.audit import FLAGS
-from pneumo.cases import add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
+from pneumo.cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import (
@@ -105,8 +105,8 @@ def main(args):
             break  # without a VLM the strategies do not differ
     write_jsonl_atomic(args.out / "reports.jsonl", records)
     for case in cases:
-        write_text_atomic(args.out / f"{case['slug']}.md",
-                          markdown_report(case, [r for r in records if r["image"] == case["name"]],
+        write_text_atomic(args.out / f"{case.slug}.md",
+                          markdown_report(case, [r for r in records if r["image"] == case.name],
                                           "task2/generate_reports.py"))
     print(f"wrote {len(records)} records to {args.out / 'reports.jsonl'} and {len(cases)} Markdown reports to {args.out}")
     if args.evaluate:
@@ -124,11 +124,10 @@ def gather_cases(args, size):
     small, labels, names, keys = load_inputs(args.images, indices, args.data_root, args.split, size, args.record_names)
     cases = []
     for position, (image, label, name, key) in enumerate(zip(small, labels, names, keys)):
-        case = {"name": name, "slug": slug(Path(name).stem) if key is None else f"{key[0]}_{key[1]}", "small": image,
-                "label": label, "key": key, "path": args.images[position] if key is None else None,
-                "vlm_image": None, "vlm_source": None}
+        case = Case(name, image, label, key, path=args.images[position] if key is None else None,
+                    slug=slug(Path(name).stem) if key is None else f"{key[0]}_{key[1]}")
         if key is None:  # a user's file: the VLM sees it at full size (DICOM too, as a reader sees it)
-            case["vlm_image"], case["vlm_source"] = vlm_picture(case)
+            case.vlm_image, case.vlm_source = vlm_picture(case)
         cases.append(case)
     return cases
 
@@ -139,14 +138,14 @@ def attach_vlm_images(args, cases):
     896 px shows the VLM nothing of the lung texture. When that file cannot be had, the classifier's
     own images, with one warning; but --evaluate, which scores the VLM against the truth, stops unless
     --vlm_size 28 asked for those thumbnails."""
-    keyed = [c for c in cases if c["key"] is not None]
+    keyed = [c for c in cases if c.key is not None]
     if not keyed:
         return
     size = args.vlm_size
     try:
         images, labels = load_split(args.data_root, args.split, size)
     except UserError as err:
-        size = len(keyed[0]["small"])
+        size = len(keyed[0].small)
         reason = str(err).split(";")[0]
         if args.evaluate:
             raise UserError(f"--evaluate would score the VLM on {size}-px thumbnails: {reason}; put "
@@ -155,7 +154,7 @@ def attach_vlm_images(args, cases):
         print(f"warning: the VLM sees {size}-px images: {reason}")
         images, labels = None, None
     for case in keyed:
-        case["vlm_image"], case["vlm_source"] = vlm_picture(case, None if images is None else (images, labels, size))
+        case.vlm_image, case.vlm_source = vlm_picture(case, None if images is None else (images, labels, size))
 
 
 def classifier_blocks(args, cases, clf):
@@ -166,11 +165,11 @@ def classifier_blocks(args, cases, clf):
     else:
         print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
               f"out-of-distribution check (build one with python task3/build_index.py)")
-    print_flags([c["name"] for c in cases], add_classifier_blocks(clf, cases, archive, args.k))
+    print_flags([c.name for c in cases], add_classifier_blocks(clf, cases, archive, args.k))
 
 
 def record(args, run, case, strategy, narrative, why_none, vlm):
-    base = {"image": case["name"], "label": case["label"], "classifier": case["classifier"], "git_commit": run["git_commit"]}
+    base = {"image": case.name, "label": case.label, "classifier": case.classifier.to_json(), "git_commit": run["git_commit"]}
     if narrative is None:
         return {**base, "strategy": None, "model": None, "narrative": None, "impression": None, "note": why_none}
     return {**base, **narrative_record(case, strategy, narrative, vlm, args.model, args.quantization)}

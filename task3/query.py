@@ -12,7 +12,7 @@ A query that is itself in the archive is left out of its own results.
 """
 from pathlib import Path
 
-from pneumo.archive import open_index
+from pneumo.archive import ArchiveSource
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
@@ -22,7 +22,7 @@ from pneumo.errors import run_script
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_panels
-from pneumo.retrieval import DEFAULT_INDEX, describe, exclusions, retrieval_scores, score_name, search
+from pneumo.retrieval import DEFAULT_INDEX, exclusions, retrieval_scores, score_name, search
 from pneumo.runtime import print_run_header, resolve_device
 from pneumo.screening import nearest_score, print_flags, screen
 
@@ -53,8 +53,8 @@ def main(args):
     run = print_run_header("query", args)
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
-    index, index_meta = open_index(args.backend, args.index, args.uri, args.collection, clf.sha256, EMBEDDING_DIM,
-                                   args.data_root)
+    source = ArchiveSource.from_args(args)
+    index, index_meta = source.open(clf.sha256, EMBEDDING_DIM, args.data_root)
     if args.evaluate:
         return evaluate(args, run, clf, index, index_meta)
 
@@ -68,7 +68,7 @@ def main(args):
         print_table(record, index_meta["metric"])
     print_flags(names, flags)
     write_json_atomic(args.out / "task3_query_results.json",
-                      {**run, "checkpoint_sha256": clf.sha256, "index": describe(args),
+                      {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(),
                        "metric": index_meta["metric"], "queries": records})
     figure = plot_gallery(args, images, records, index_meta, clf.image_size)
     print(f"wrote {args.out / 'task3_query_results.json'} and {figure}")
@@ -76,17 +76,17 @@ def main(args):
 
 
 def print_table(record, metric):
-    key = score_name(metric)
+    word = score_name(metric)
     print(f"\nquery {record['query']}  (label {record['label'] or 'unknown'})")
-    print(f"{'rank':>4}  {key:>10}  {'label':<9}  case")
+    print(f"{'rank':>4}  {word:>10}  {'label':<9}  case")
     for hit in record["neighbours"]:
-        print(f"{hit['rank']:>4}  {hit[key]:>10.4f}  {hit['label']:<9}  {hit['split']} #{hit['index']}")
+        print(f"{hit['rank']:>4}  {hit['score']:>10.4f}  {hit['label']:<9}  {hit['split']} #{hit['index']}")
 
 
 def plot_gallery(args, images, records, index_meta, size):
     """Each query beside its nearest cases; at most GALLERY_QUERIES rows of GALLERY_NEIGHBOURS cases (the
     table and the JSON hold them all), so a large --k or many queries cannot stall on drawing."""
-    key = score_name(index_meta["metric"])
+    word = score_name(index_meta["metric"])
     shown_k = min(args.k, GALLERY_NEIGHBOURS)
     records = [{**r, "neighbours": r["neighbours"][:shown_k]} for r in records[:GALLERY_QUERIES]]
     archive = {split: load_split(args.data_root, split, size)[0]
@@ -99,7 +99,7 @@ def plot_gallery(args, images, records, index_meta, size):
         for hit in record["neighbours"]:
             same = record["label"] is None or hit["label"] == record["label"]
             panels.append({"image": archive[hit["split"]][hit["index"]], "color": "black" if same else "darkred",
-                           "title": f"#{hit['rank']} {hit['split']} {hit['index']}\n{hit['label']}  {key[:4]} {hit[key]:.3f}"})
+                           "title": f"#{hit['rank']} {hit['split']} {hit['index']}\n{hit['label']}  {word[:4]} {hit['score']:.3f}"})
     cut = (f" (the figure shows the first {len(records)} queries and {shown_k} cases each; the table and JSON "
            f"hold all)") if shown_k < args.k or len(records) < len(images) else ""
     return plot_panels(panels, args.out / "figures" / "task3_visual_results.png", cols=shown_k + 1,
@@ -114,7 +114,7 @@ def evaluate(args, run, clf, index, index_meta):
     keys = [(args.split, i) for i in range(len(labels))]
     hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
     flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.get("ood"))]
-    result = {**run, "checkpoint_sha256": clf.sha256, "index": describe(args), "metric": index_meta["metric"],
+    result = {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(), "metric": index_meta["metric"],
               "index_type": index_meta["build"]["index_type"], "archive": index_meta["build"]["splits"],
               "archive_size": index.ntotal, "split": args.split,
               "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k),

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import REPO, error_line, files_under, run_cli
 from pneumo.atomic import save_torch_atomic
-from pneumo.retrieval import build_index, save_index
+from pneumo.retrieval import IndexSpec, build_index, save_index
 from task1 import evaluate, gradcam, train
 from task2 import generate_reports
 from task3 import build_index as build_cli
@@ -172,7 +172,7 @@ def test_an_index_pair_that_does_not_belong_together_is_refused(trained_checkpoi
                broken["other_dimension"] / "task3_index.faiss")
     broken["half_replaced"] = tmp_path / "half"
     shutil.copytree(good.parent, broken["half_replaced"])
-    save_index(build_index(np.ones((len(meta["rows"]), 512), np.float32), metric="cosine"), meta,
+    save_index(build_index(np.ones((len(meta["rows"]), 512), np.float32), IndexSpec(metric="cosine")), meta,
                tmp_path / "cosine" / "task3_index.faiss")
     shutil.copy(tmp_path / "cosine" / "task3_index.faiss", broken["half_replaced"] / "task3_index.faiss")
     broken["no_digest"] = tmp_path / "old"
@@ -376,7 +376,7 @@ def test_a_loss_that_goes_non_finite_stops_training_in_one_line(synthetic_root):
     from pneumo.data import XrayDataset, load_split
     from pneumo.model import build_model
     from pneumo.runtime import UserError
-    from pneumo.training import train_one_epoch
+    from pneumo.training import Trainer, train_one_epoch
     images, labels = load_split(synthetic_root, "train")
     model = build_model()
     with torch.no_grad():
@@ -386,7 +386,7 @@ def test_a_loss_that_goes_non_finite_stops_training_in_one_line(synthetic_root):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     with pytest.raises(UserError, match="training diverged: the loss became nan at step 1"):
-        train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.nn.CrossEntropyLoss(), torch.device("cpu"), None)
+        train_one_epoch(Trainer(model, optimizer, scheduler, scaler, torch.nn.CrossEntropyLoss(), torch.device("cpu")), loader)
 
 
 def test_a_run_no_better_than_chance_exits_non_zero_and_keeps_its_checkpoint_aside(synthetic_root, tmp_path):

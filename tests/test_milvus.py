@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_cli
-from pneumo.archive import open_index
+from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.data import load_split
 from pneumo.model import EMBEDDING_DIM
-from pneumo.retrieval import search
+from pneumo.retrieval import IndexSpec, search
 from pneumo.runtime import UserError
 
 pytest.importorskip("milvus_lite", reason="no Milvus Lite wheel for this platform (pip install milvus-lite)")
@@ -30,13 +30,13 @@ def archives(trained_checkpoint, synthetic_root, tmp_path_factory):
 
 def neighbours(backend, folder, checkpoint, root, k=5, collection="task3_archive"):
     clf = Classifier.load(checkpoint)
-    index, meta = open_index(backend, folder / "flat.faiss", str(folder / "lite.db"), collection, clf.sha256, EMBEDDING_DIM)
+    index, meta = ArchiveSource(backend, folder / "flat.faiss", str(folder / "lite.db"), collection).open(clf.sha256, EMBEDDING_DIM)
     return search(index, meta, clf.embed(load_split(root, "test", 28)[0]), k), meta
 
 
 def agree(a, b, tolerance=1e-3):
     """Same rows at every rank, except where two cases lie at the same distance (a tie) and swap."""
-    return all(x["row"] == y["row"] or abs(x["distance"] - y["distance"]) < tolerance for x, y in zip(a, b))
+    return all(x["row"] == y["row"] or abs(x["score"] - y["score"]) < tolerance for x, y in zip(a, b))
 
 
 def test_milvus_exact_search_gives_faiss_flats_neighbours(archives, trained_checkpoint, synthetic_root):
@@ -44,7 +44,7 @@ def test_milvus_exact_search_gives_faiss_flats_neighbours(archives, trained_chec
     milvus_hits, milvus_meta = neighbours("milvus", archives, trained_checkpoint, synthetic_root)
     assert len(milvus_hits) == 96 and all(len(h) == 5 for h in milvus_hits)
     assert all(agree(a, b) for a, b in zip(faiss_hits, milvus_hits))
-    assert np.allclose([h["distance"] for q in faiss_hits for h in q], [h["distance"] for q in milvus_hits for h in q], atol=1e-3)
+    assert np.allclose([h["score"] for q in faiss_hits for h in q], [h["score"] for q in milvus_hits for h in q], atol=1e-3)
     assert milvus_meta["rows"] == faiss_meta["rows"] and milvus_meta["checkpoint_sha256"] == faiss_meta["checkpoint_sha256"]
     assert milvus_meta["ood"]["threshold"] == pytest.approx(faiss_meta["ood"]["threshold"], abs=1e-3)
     assert milvus_meta["build"]["backend"] == "milvus" and milvus_meta["build"]["index_type"] == "flat"
@@ -106,10 +106,10 @@ def test_approximate_milvus_indexes_find_the_exact_neighbours(index_type, traine
     clf = Classifier.load(trained_checkpoint)
     vectors = clf.embed(load_split(synthetic_root, "train", 28)[0])
     rows = [{"split": "train", "index": i, "label": "normal"} for i in range(len(vectors))]
-    with milvus_archive.building(str(tmp_path / "a.db"), "approx", vectors, rows, index_type, nlist=8, nprobe=8,
+    with milvus_archive.building(str(tmp_path / "a.db"), "approx", vectors, rows, IndexSpec(index_type, nlist=8, nprobe=8),
                                  progress=False) as index:
         _, found = index.search(vectors[:50], 5)
-    with milvus_archive.building(str(tmp_path / "a.db"), "exact", vectors, rows, "flat", progress=False) as index:
+    with milvus_archive.building(str(tmp_path / "a.db"), "exact", vectors, rows, progress=False) as index:
         _, exact = index.search(vectors[:50], 5)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, exact)])
     assert recall >= 0.9
@@ -119,10 +119,10 @@ def test_approximate_milvus_indexes_find_the_exact_neighbours(index_type, traine
 def test_the_case_viewer_reads_the_archive_from_milvus(archives, trained_checkpoint, synthetic_root):
     from pneumo.viewer import CaseViewer
     from viewer import app
-    on_faiss = CaseViewer(trained_checkpoint, archives / "flat.faiss", synthetic_root, "cpu")
-    on_milvus = CaseViewer(trained_checkpoint, None, synthetic_root, "cpu", backend="milvus",
-                           uri=str(archives / "lite.db"), collection="task3_archive")
-    a = on_faiss.analyse(on_faiss.dataset_case("test", 3))["classifier"]["neighbours"]
-    b = on_milvus.analyse(on_milvus.dataset_case("test", 3))["classifier"]["neighbours"]
+    on_faiss = CaseViewer(trained_checkpoint, ArchiveSource(index=archives / "flat.faiss"), synthetic_root, "cpu")
+    on_milvus = CaseViewer(trained_checkpoint, ArchiveSource("milvus", uri=str(archives / "lite.db"), collection="task3_archive"),
+                           synthetic_root, "cpu")
+    a = on_faiss.analyse(on_faiss.dataset_case("test", 3)).classifier.neighbours
+    b = on_milvus.analyse(on_milvus.dataset_case("test", 3)).classifier.neighbours
     assert [h["index"] for h in a] == [h["index"] for h in b]
     assert "milvus index: 352 archived cases" in app.footer(on_milvus) and "built from this checkpoint: yes" in app.footer(on_milvus)

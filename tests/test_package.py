@@ -113,3 +113,28 @@ def test_files_in_a_class_named_folder_carry_that_label(tmp_path):
         Image.new("L", (40, 30), 100).save(paths[-1])
     _, labels, names, keys = load_inputs(paths, None, tmp_path, "test", 28)
     assert labels == ["normal", "pneumonia", None] and keys == [None] * 3
+
+
+def test_a_case_and_its_classifier_block_go_to_json_and_back(trained_checkpoint, synthetic_root):
+    from pneumo.cases import Case, ClassifierBlock, add_classifier_blocks
+    images, _ = load_split(synthetic_root, "test")
+    case = Case("test #4", images[4], "pneumonia", ("test", 4))
+    add_classifier_blocks(Classifier.load(trained_checkpoint), [case])
+    assert isinstance(case.classifier, ClassifierBlock) and case.classifier.neighbours is None
+    written = json.loads(json.dumps(case.to_json()))  # what a results file holds
+    back = Case.from_json(written, small=case.small)
+    assert back.classifier == case.classifier and (back.name, back.label, back.key) == ("test #4", "pneumonia", ("test", 4))
+    assert set(written) == {"image", "label", "key", "classifier"} and "small" not in json.dumps(written)
+
+
+def test_the_index_spec_and_the_archive_source_read_the_scripts_flags(tmp_path):
+    from pneumo.archive import ArchiveSource
+    from pneumo.retrieval import IndexSpec
+    args = build_index.parse_args(["--index_type", "ivf", "--metric", "cosine", "--nlist", "7", "--nprobe", "3",
+                                   "--backend", "milvus", "--uri", str(tmp_path / "a.db"), "--collection", "other"])
+    assert IndexSpec.from_args(args) == IndexSpec("ivf", "cosine", nlist=7, nprobe=3)
+    source = ArchiveSource.from_args(args, index=args.out)
+    assert (source.backend, source.uri, source.collection) == ("milvus", str(tmp_path / "a.db"), "other")
+    assert source.describe() == f"milvus {tmp_path / 'a.db'} (other)"
+    with pytest.raises(ValueError, match="unknown index type"):
+        IndexSpec("annoy")

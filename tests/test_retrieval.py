@@ -6,7 +6,7 @@ import torch
 
 from conftest import error_line, run_cli
 from pneumo.atomic import save_torch_atomic
-from pneumo.retrieval import average_precision_at, build_index, load_index, save_index, search
+from pneumo.retrieval import IndexSpec, average_precision_at, build_index, load_index, save_index, search
 from pneumo.runtime import UserError
 from task3 import build_index as build_cli
 from task3 import query
@@ -22,16 +22,15 @@ def test_each_index_type_finds_the_exact_neighbours_on_clustered_data(index_type
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32))
     vectors = (centres[rng.integers(0, 20, 2000)] + 0.05 * rng.normal(size=(2000, 32))).astype(np.float32)
-    exact = build_index(vectors, "flat", metric)
-    approx = build_index(vectors, index_type, metric, nprobe=8)
+    exact = build_index(vectors, IndexSpec("flat", metric))
+    approx = build_index(vectors, IndexSpec(index_type, metric, nprobe=8))
     meta = {"metric": metric, "rows": rows_for(2000)}
     truth = search(exact, meta, vectors[:50], 10)
     found = search(approx, meta, vectors[:50], 10)
     recall = np.mean([len({h["row"] for h in a} & {h["row"] for h in b}) / 10 for a, b in zip(truth, found)])
     assert recall >= 0.9
     assert truth[0][0]["row"] == 0  # a stored vector is its own nearest neighbour
-    key = "similarity" if metric == "cosine" else "distance"
-    scores = [h[key] for h in truth[0]]
+    scores = [h["score"] for h in truth[0]]
     assert scores == sorted(scores, reverse=(metric == "cosine"))
 
 
@@ -39,7 +38,7 @@ def test_l2_distances_are_euclidean_and_self_is_excluded():
     vectors = np.array([[0, 0], [3, 4], [6, 8]], np.float32)
     meta = {"metric": "l2", "rows": rows_for(3)}
     hits = search(build_index(vectors), meta, vectors[:1], 2, exclude=[0])[0]
-    assert [h["row"] for h in hits] == [1, 2] and hits[0]["distance"] == pytest.approx(5.0)
+    assert [h["row"] for h in hits] == [1, 2] and hits[0]["score"] == pytest.approx(5.0)
     with pytest.raises(UserError, match="larger than the archive"):
         search(build_index(vectors), meta, vectors[:1], 3, exclude=[0])
 

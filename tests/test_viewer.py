@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, files_under
+from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.pictures import load_image_file
 from pneumo.viewer import CaseViewer
@@ -19,7 +20,7 @@ OUTPUTS = ("state", "message", "verdict", "film", "overlay", "region", "gallery"
 
 @pytest.fixture(scope="module")
 def viewer():
-    return CaseViewer(REPO / "models" / "task1_model.pth", REPO / "models" / "task3_index.faiss", DATA, "cpu")
+    return CaseViewer(REPO / "models" / "task1_model.pth", ArchiveSource(index=REPO / "models" / "task3_index.faiss"), DATA, "cpu")
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_an_upload_gets_verdict_map_neighbours_and_report(viewer, film):
     assert f"| P(pneumonia) | {p:.3f} |" in out["report"] and "not a diagnosis" in out["report"]
     assert open(out["md_file"]).read() == out["report"]
     assert str(app.TEMP_ROOT) in out["md_file"] and out["json_file"].endswith(".json")
-    assert out["state"]["name"] == film.name  # the file's name alone, never the folder it came from
+    assert out["state"].name == film.name  # the file's name alone, never the folder it came from
 
 
 def test_a_dataset_case_agrees_with_evaluate(viewer):
@@ -53,7 +54,7 @@ def test_a_dataset_case_agrees_with_evaluate(viewer):
     with open(REPO / "reports" / "task1_predictions_test.csv") as fh:
         row = next(r for r in csv.DictReader(fh) if r["index"] == "1")
     assert f"P(pneumonia) = {float(row['probability']):.3f}" in out["verdict"]
-    assert "truth: normal" in out["verdict"] and out["state"]["key"] == ("test", 1)
+    assert "truth: normal" in out["verdict"] and out["state"].key == ("test", 1)
 
 
 def test_filters_find_the_failure_cases_most_confident_first(viewer):
@@ -77,14 +78,14 @@ def test_class_choice_and_opacity_redraw_the_overlay(viewer):
     strong, region = app.restyle(viewer, case, "pneumonia", 1.0)
     faint, _ = app.restyle(viewer, case, "pneumonia", 0.0)
     other, other_region = app.restyle(viewer, case, "normal", 1.0)
-    film = np.asarray(Image.fromarray(case["small"]).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB"), dtype=float)
+    film = np.asarray(Image.fromarray(case.small).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB"), dtype=float)
     assert np.abs(faint - film).mean() < 3 < np.abs(strong - film).mean()  # opacity 0 is the film itself
     assert not np.array_equal(strong, other) and "**normal**" in other_region and "**pneumonia**" in region
 
 
 def test_clicking_a_neighbour_opens_it(viewer):
     case = shown(app.open_dataset(viewer, "test", 0))["state"]
-    first = case["classifier"]["neighbours"][2]
+    first = case.classifier.neighbours[2]
     opened = shown(app.open_neighbour(viewer, case, "pneumonia", 0.6, SimpleNamespace(index=2)))["state"]
     assert opened["key"] == (first["split"], first["index"]) and opened["label"] == first["label"]
 
@@ -128,12 +129,12 @@ def test_without_a_vlm_the_narrative_button_says_why(viewer):
 def test_with_a_vlm_the_narrative_joins_the_report(tmp_path, film):
     import torch
 
-    from pneumo.vlm import load_vlm
+    from pneumo.vlm import VlmSession, load_vlm
     from tiny_gemma3 import save_tiny_gemma3
     tiny = save_tiny_gemma3(tmp_path / "tiny")
     vlm = load_vlm(str(tiny), "none", torch.device("cpu"))
-    with_vlm = CaseViewer(REPO / "models" / "task1_model.pth", REPO / "models" / "task3_index.faiss", DATA, "cpu",
-                          vlm=vlm, model_id=str(tiny), quantization="none")
+    with_vlm = CaseViewer(REPO / "models" / "task1_model.pth", ArchiveSource(index=REPO / "models" / "task3_index.faiss"), DATA,
+                          "cpu", vlm=VlmSession(vlm, str(tiny), "none"))
     case = shown(app.open_upload(with_vlm, str(film)))["state"]
     record = with_vlm.narrate(case, max_new_tokens=3)
     assert record["vlm_input"]["source"] == "file" and record["label_source"] == "fallback"

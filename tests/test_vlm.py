@@ -260,14 +260,14 @@ def test_user_image_files_become_cases_named_after_the_file(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(photo)
     cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]), 28)
     assert len(cases) == 1 and cases[0]["label"] is None and cases[0]["key"] is None
-    assert cases[0]["small"].shape == (28, 28) and cases[0]["vlm_image"].size == (200, 300)
-    assert cases[0]["slug"] == "my_film" and cases[0]["name"] == "my film.png"  # the name alone: the folder is outside the working one
+    assert cases[0].small.shape == (28, 28) and cases[0].vlm_image.size == (200, 300)
+    assert cases[0].slug == "my_film" and cases[0].name == "my film.png"  # the name alone: the folder is outside the working one
 
 
 def test_evaluate_sample_is_seeded_distinct_and_labelled(synthetic_root):
     def sample(seed):
         args = generate_reports.parse_args(["--evaluate", "--n", "5", "--seed", str(seed), "--data_root", str(synthetic_root)])
-        return [(c["key"], c["label"]) for c in generate_reports.gather_cases(args, 28)]
+        return [(c.key, c.label) for c in generate_reports.gather_cases(args, 28)]
     first = sample(0)
     assert first == sample(0) and first != sample(1)
     assert len(set(first)) == 5 and all(key[0] == "test" and label in ("normal", "pneumonia") for key, label in first)
@@ -327,13 +327,13 @@ def test_the_vlm_gets_the_same_case_at_every_medmnist_size(tmp_path):
     for size in SIZES:
         args = generate_reports.parse_args(["--data_root", str(root), "--indices", "3", "7", "--vlm_size", str(size)])
         cases = generate_reports.gather_cases(args, 28)
-        small[size] = [c["small"] for c in cases]
+        small[size] = [c.small for c in cases]
         generate_reports.attach_vlm_images(args, cases)
         for case in cases:
-            assert case["vlm_image"].size == (size, size) and case["vlm_source"] == f"medmnist_{size}px"
-            seen = np.asarray(case["vlm_image"].convert("L").resize((28, 28), Image.Resampling.BICUBIC), dtype=float)
+            assert case.vlm_image.size == (size, size) and case.vlm_source == f"medmnist_{size}px"
+            seen = np.asarray(case.vlm_image.convert("L").resize((28, 28), Image.Resampling.BICUBIC), dtype=float)
             errors = [np.abs(seen - other).mean() for other in np.load(data_file(root, 28))["test_images"]]
-            assert int(np.argmin(errors)) == case["key"][1]  # the nearest 28-px film is the one asked for
+            assert int(np.argmin(errors)) == case.key[1]  # the nearest 28-px film is the one asked for
     assert all(np.array_equal(a, b) for a, b in zip(small[28], small[224]))  # the classifier keeps its own size
 
 

@@ -20,13 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pneumo.archive import ArchiveSource
 from pneumo.cli import add_shared_flags, make_parser, ranged
 from pneumo.data import CLASS_NAMES, SPLITS
 from pneumo.errors import run_script
-from pneumo.retrieval import DEFAULT_INDEX, hit_score
+from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import UserError, resolve_device
 from pneumo.viewer import OUTCOMES, CaseViewer
-from pneumo.vlm import DEFAULT_VLM, load_vlm
+from pneumo.vlm import DEFAULT_VLM, VlmSession, load_vlm
 
 # Before gradio is imported (only inside the functions below): no analytics or version check, and
 # every upload and download in one temporary folder of our own, removed when the server stops.
@@ -56,26 +57,25 @@ def make_viewer(args):
     vlm, note = None, "no VLM loaded (start the viewer with --vlm auto on a GPU for narratives)"
     if args.vlm == "auto":
         try:
-            vlm, note = load_vlm(args.model, args.quantization, device), None
+            vlm, note = VlmSession(load_vlm(args.model, args.quantization, device), args.model, args.quantization), None
         except UserError as err:
             note = f"no VLM: {err}"
             print(f"note: {note}")
-    return CaseViewer(args.checkpoint, args.index, args.data_root, device, args.k, vlm, note, args.model, args.quantization,
-                      args.backend, args.uri, args.collection)
+    return CaseViewer(args.checkpoint, ArchiveSource.from_args(args), args.data_root, device, args.k, vlm, note)
 
 
 # ---- handlers: plain functions of the viewer and the page's values, tested without a browser ------
 def show(viewer, case, target="pneumonia", opacity=0.6):
     """Everything the page shows for an analysed case, in the order of `outputs` below."""
-    c = case["classifier"]
-    verdict = [f"### P(pneumonia) = {c['probability']:.3f}",
-               f"Decision at the stored threshold {c['threshold']:.3f} (chosen on val): **{c['prediction']}**"
-               + (f" · truth: {case['label']}" if case["label"] else "")]
-    if c["flags"]:
-        verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c["flags"]))
-    gallery = [(film, f"{h['label']} · {hit_score(h):.2f} · {h['split']} #{h['index']}")
-               for film, h in zip(case["neighbour_films"], c["neighbours"] or [])]
-    return (case, f"Showing **{case['name']}**.", "\n\n".join(verdict), case["display"],
+    c = case.classifier
+    verdict = [f"### P(pneumonia) = {c.probability:.3f}",
+               f"Decision at the stored threshold {c.threshold:.3f} (chosen on val): **{c.prediction}**"
+               + (f" · truth: {case.label}" if case.label else "")]
+    if c.flags:
+        verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c.flags))
+    gallery = [(film, f"{h['label']} · {h['score']:.2f} · {h['split']} #{h['index']}")
+               for film, h in zip(case.neighbour_films, c.neighbours or [])]
+    return (case, f"Showing **{case.name}**.", "\n\n".join(verdict), case.display,
             viewer.overlay(case, target, opacity), region_text(viewer, case, target),
             gallery if gallery else None, *report_files(viewer, case))
 
@@ -85,7 +85,7 @@ def report_files(viewer, case):
     server's temporary folder)."""
     markdown, data = viewer.report(case)
     folder = Path(tempfile.mkdtemp(dir=TEMP_ROOT))
-    stem = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case["name"])[:60]
+    stem = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case.name)[:60]
     (folder / f"{stem}_report.md").write_text(markdown)
     (folder / f"{stem}_report.json").write_text(data)
     return markdown, str(folder / f"{stem}_report.md"), str(folder / f"{stem}_report.json")
@@ -120,7 +120,7 @@ def open_dataset(viewer, split, index, target="pneumonia", opacity=0.6):
 
 
 def open_neighbour(viewer, case, target, opacity, evt):
-    hits = (case or {}).get("classifier", {}).get("neighbours") or []
+    hits = (case.classifier.neighbours if case is not None and case.classifier is not None else None) or []
     if evt is None or not 0 <= evt.index < len(hits):
         return failed("no such similar case")
     return open_dataset(viewer, hits[evt.index]["split"], hits[evt.index]["index"], target, opacity)
@@ -166,7 +166,7 @@ def footer(viewer):
     else:
         archive = index["note"]
     return (f"Checkpoint `{Path(clf.meta['path']).name}` sha256 {clf.sha256[:12]}… · {archive} · "
-            f"{viewer.vlm_note or 'VLM: ' + str(viewer.model_id)}  \n**Research use only, not a diagnosis.**")
+            f"{viewer.vlm_note or 'VLM: ' + viewer.vlm.model_id}  \n**Research use only, not a diagnosis.**")
 
 
 # ---- the page ------------------------------------------------------------------------------------
