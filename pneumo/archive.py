@@ -11,7 +11,7 @@ from .atomic import file_sha256
 from .data import CLASS_NAMES, data_file, load_split
 from .errors import UserError
 from .milvus_archive import building, load_milvus
-from .retrieval import IndexSpec, build_index, load_index, meta_path, save_index, search
+from .retrieval import ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index, search
 from .screening import nearest_score, ood_reference, screen
 
 MIN_PER_CELL = 39  # k-means needs about this many vectors per IVF cell
@@ -44,7 +44,7 @@ class ArchiveSource:
         return f"milvus {self.uri} ({self.collection})" if self.backend == "milvus" else str(self.index)
 
 
-def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> dict:
+def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> ArchiveMeta:
     """Embed `splits` of the data file with the classifier, index them as `spec` says where `source` says,
     with the out-of-distribution reference of val and the metadata (`record`: the run's own, from
     print_run_header). Returns the metadata written."""
@@ -61,9 +61,8 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
              "embed_seconds": round(time.perf_counter() - start, 2)}
     if spec.index_type == "hnsw":
         build.update(hnsw_m=spec.hnsw_m, ef_search=spec.ef_search)
-    meta = {**record, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "metric": spec.metric,
-            "image_size": clf.image_size, "data_sha256": file_sha256(data_file(data_root, clf.image_size)),
-            "build": build, "rows": rows}
+    meta = ArchiveMeta(spec.metric, rows, build, checkpoint=clf.meta["path"], checkpoint_sha256=clf.sha256,
+                       image_size=clf.image_size, data_sha256=file_sha256(data_file(data_root, clf.image_size)), run=record)
     val_images = loaded["val"][0] if "val" in loaded else load_split(data_root, "val", clf.image_size)[0]
     start = time.perf_counter()
     if source.backend == "faiss":
@@ -71,14 +70,15 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
         if spec.index_type == "ivf":
             build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
         build["build_seconds"] = round(time.perf_counter() - start, 3)
-        meta["ood"] = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
+        meta.ood = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
         save_index(index, meta, source.index)
         return meta
     with building(source.uri, source.collection, vectors, rows, spec) as index:
-        build.update({k: v for k, v in index.meta["build"].items() if k != "index_type"}, backend="milvus")
+        build.update({k: v for k, v in index.meta.build.items() if k != "index_type"}, backend="milvus")
         build["build_seconds"] = round(time.perf_counter() - start, 3)
-        meta["ood"] = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
-        index.finish({**meta, "ntotal": len(rows), "dim": int(vectors.shape[1])})
+        meta.ood = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
+        meta.ntotal, meta.dim = len(rows), int(vectors.shape[1])
+        index.finish(meta)
     return meta
 
 
@@ -86,13 +86,13 @@ def val_reference(clf, index, meta, vectors, val_images, val_archived: bool, bat
     """What val images look like to the out-of-distribution flags: their nearest archived case (themselves
     left out when val is archived) and their grey levels."""
     if val_archived:
-        rows = [i for i, r in enumerate(meta["rows"]) if r["split"] == "val"]
+        rows = [i for i, r in enumerate(meta.rows) if r["split"] == "val"]
         queries, exclude = vectors[rows], rows
     else:
         queries, exclude = clf.embed(val_images, batch_size), None
     hits = search(index, meta, queries, 1, exclude)
     scores = [nearest_score(h) for h in hits]
-    reference = ood_reference(scores, meta["metric"], val_images)
+    reference = ood_reference(scores, meta.metric, val_images)
     reference["val_flagged_share"] = float(np.mean([bool(f) for f in screen(val_images, None, scores, reference)]))
     return reference
 

@@ -118,7 +118,7 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
             checkpoint_sha256=clf.sha256, probability=round(float(prob), 4), threshold=round(clf.threshold, 4),
             prediction=clf.label(prob), region=coarse_region(cam), flags=found,
             neighbours=[{f: h[f] for f in NEIGHBOUR_FIELDS} for h in hits] if hits else None,
-            metric=archive[1]["metric"] if archive is not None else None)
+            metric=archive[1].metric if archive is not None else None)
     return flags
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .retrieval import EXACT, METRICS, IndexSpec, check_data, check_meta, default_nlist, meta_digest, prepare
+from .retrieval import EXACT, METRICS, ArchiveMeta, IndexSpec, check_data, check_meta, default_nlist, meta_digest, prepare
 from .runtime import UserError
 
 DEFAULT_COLLECTION = "task3_archive"
@@ -69,10 +69,10 @@ def index_params(client, spec: IndexSpec, n):
     return milvus_spec, params
 
 
-def search_params(meta):
-    build = meta["build"]
+def search_params(meta: ArchiveMeta):
+    build = meta.build
     params = {"hnsw": {"ef": build.get("ef_search", 64)}, "ivf": {"nprobe": build.get("nprobe", 16)}}
-    return {"metric_type": _MILVUS_METRIC[meta["metric"]], "params": params.get(build["index_type"], {})}
+    return {"metric_type": _MILVUS_METRIC[meta.metric], "params": params.get(build["index_type"], {})}
 
 
 @contextmanager
@@ -104,13 +104,14 @@ def building(uri, collection, vectors, rows, spec: IndexSpec = EXACT, progress=T
         client.flush(temporary)
         client.load_collection(temporary)
         searching = {"hnsw": {"ef_search": spec.ef_search}, "ivf": {"nprobe": spec.nprobe}}.get(spec.index_type, {})
-        index = MilvusIndex(client, temporary, {"metric": spec.metric,
-                                                "build": {"index_type": spec.index_type, **params, **searching}},
+        index = MilvusIndex(client, temporary,
+                            ArchiveMeta(spec.metric, rows, {"index_type": spec.index_type, **params, **searching}),
                             int(vectors.shape[1]), len(vectors))
 
-        def finish(meta):
+        def finish(archive_meta: ArchiveMeta):
             nonlocal finished
-            meta = {**meta, "meta_sha256": meta_digest(meta)}  # over the rows too, which live in the entities
+            meta = archive_meta.to_json()
+            meta["meta_sha256"] = meta_digest(meta)  # over the rows too, which live in the entities
             client.alter_collection_properties(temporary, {"meta": json.dumps({k: v for k, v in meta.items() if k != "rows"})})
             old = f"{collection}__old_{os.getpid()}"
             if client.has_collection(collection):
@@ -155,6 +156,7 @@ def load_milvus(uri, collection, checkpoint_sha256, dim=None, data_root=None):
     meta["rows"] = rows
     where = f"collection {collection!r} at {uri}"
     check_meta(meta, where, rebuild)
+    meta = ArchiveMeta.from_json(meta)
     check_data(meta, data_root, where, rebuild)
     return MilvusIndex(client, collection, meta, collection_dim, len(rows)), meta
 

@@ -1,7 +1,7 @@
 """FAISS case index over the classifier's embeddings: build, save atomically, load with checks, search."""
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import faiss
@@ -64,6 +64,37 @@ class IndexSpec:
 EXACT = IndexSpec()  # flat, L2: the default archive
 
 
+@dataclass
+class ArchiveMeta:
+    """What an archive says about itself, beside its vectors: the metric its scores are in, one row per
+    vector ({split, index, label} of the case), how it was built, the checkpoint and data file it was built
+    from, the out-of-distribution reference of val, and (written with it) the index file's digest, size and
+    its own digest. `run` is the build's record (script, commit, flags). One JSON object on disk: the FAISS
+    sidecar or the Milvus collection's properties (rows in the entities there)."""
+    metric: str
+    rows: list
+    build: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    image_size: int | None = None
+    data_sha256: str | None = None
+    ood: dict | None = None
+    index_sha256: str | None = None
+    dim: int | None = None
+    ntotal: int | None = None
+    meta_sha256: str | None = None
+    run: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = {**self.run, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}}
+        return {k: v for k, v in data.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ArchiveMeta":
+        names = {f.name for f in fields(cls)} - {"run"}
+        return cls(**{k: v for k, v in data.items() if k in names}, run={k: v for k, v in data.items() if k not in names})
+
+
 def build_index(vectors, spec: IndexSpec = EXACT):
     """An exact (flat) or approximate (HNSW, IVF-flat) index holding `vectors` in row order, made by
     faiss.index_factory ("Flat", "HNSW<m>", "IVF<nlist>,Flat")."""
@@ -97,8 +128,8 @@ def meta_digest(meta: dict) -> str:
 
 
 def check_meta(meta: dict, where: str, rebuild: str) -> None:
-    """The checks every archive's metadata passes, wherever it lives: its own digest, and the
-    out-of-distribution reference the flags need (absent, they would silently flag nothing)."""
+    """The checks every archive's metadata (as read, JSON) passes, wherever it lives: its own digest, and
+    the out-of-distribution reference the flags need (absent, they would silently flag nothing)."""
     if "meta_sha256" not in meta:
         raise UserError(f"{where} records no digest of its metadata (written by an older build); {rebuild}")
     if meta_digest(meta) != meta["meta_sha256"]:
@@ -108,26 +139,26 @@ def check_meta(meta: dict, where: str, rebuild: str) -> None:
         raise UserError(f"{where} carries no out-of-distribution reference, so nothing could be flagged; {rebuild}")
 
 
-def check_data(meta: dict, data_root, where: str, rebuild: str) -> None:
+def check_data(meta: "ArchiveMeta", data_root, where: str, rebuild: str) -> None:
     """The archive's rows name cases of one data file (its SHA-256 is recorded at build time): a
     --data_root holding another file would show other pictures beside the right table. Refused when the
     file there differs; not checked when it is absent (nothing of it is shown)."""
     if data_root is None:
         return
-    path = data_file(data_root, meta.get("image_size", 28))
-    if path.is_file() and file_sha256(path) != meta.get("data_sha256"):
+    path = data_file(data_root, meta.image_size or 28)
+    if path.is_file() and file_sha256(path) != meta.data_sha256:
         raise UserError(f"{where} was built from another data file than {path} (sha256 "
-                        f"{str(meta.get('data_sha256'))[:12]}…, this one {file_sha256(path)[:12]}…); point --data_root "
+                        f"{str(meta.data_sha256)[:12]}…, this one {file_sha256(path)[:12]}…); point --data_root "
                         f"at the file it was built from, or {rebuild}")
 
 
-def save_index(index, meta: dict, path) -> None:
+def save_index(index, meta: ArchiveMeta, path) -> None:
     """The .faiss file and its .json metadata, each written to a temp file and renamed. The metadata
     records the index file's SHA-256, dimension and size, and its own digest, so a pair that does not
     belong together (a build killed between the two renames, one file replaced, an edited sidecar) is
     refused when loaded."""
     data = faiss.serialize_index(index).tobytes()
-    meta = {**meta, "index_sha256": hashlib.sha256(data).hexdigest(), "dim": int(index.d), "ntotal": int(index.ntotal)}
+    meta = {**meta.to_json(), "index_sha256": hashlib.sha256(data).hexdigest(), "dim": int(index.d), "ntotal": int(index.ntotal)}
     meta["meta_sha256"] = meta_digest(meta)
     with atomic_path(path) as tmp_index, atomic_path(meta_path(path)) as tmp_meta:
         tmp_index.write_bytes(data)
@@ -173,27 +204,28 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=N
     if meta.get("metric") not in METRICS or inner_product != (meta["metric"] == "cosine"):
         raise UserError(f"{path}: its metadata says metric {meta.get('metric')!r} but the index measures "
                         f"{'inner product' if inner_product else 'L2'}; {rebuild}")
-    if index.ntotal != len(meta.get("rows", [])):
-        raise UserError(f"{path} holds {index.ntotal} vectors but its metadata lists {len(meta.get('rows', []))}; {rebuild}")
+    if not isinstance(meta.get("rows"), list) or index.ntotal != len(meta["rows"]):
+        raise UserError(f"{path} holds {index.ntotal} vectors but its metadata lists {len(meta.get('rows') or [])}; {rebuild}")
+    meta = ArchiveMeta.from_json(meta)
     check_data(meta, data_root, str(path), rebuild)
-    if "ef_search" in meta.get("build", {}) and hasattr(index, "hnsw"):
-        index.hnsw.efSearch = meta["build"]["ef_search"]
+    if "ef_search" in meta.build and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = meta.build["ef_search"]
     return index, meta
 
 
 def search(index, meta, queries, k, exclude=None):
     """Top-k rows per query as lists of {rank, row, score, split, index, label}; the score is what
-    meta["metric"] measures (score_name).
+    meta.metric measures (score_name).
     `exclude[i]` is an archive row to drop from query i's results (the query itself)."""
     if k > index.ntotal - (1 if exclude is not None else 0):
         raise UserError(f"k={k} is larger than the archive ({index.ntotal} cases"
                         f"{', less the query itself' if exclude is not None else ''})")
-    queries = prepare(queries, meta["metric"])
+    queries = prepare(queries, meta.metric)
     scores, rows = index.search(queries, k + (1 if exclude is not None else 0))
     results = []
     for i, (row_scores, row_ids) in enumerate(zip(scores, rows)):
         hits = [(s, r) for s, r in zip(row_scores, row_ids) if r >= 0 and (exclude is None or r != exclude[i])][:k]
-        results.append([{"rank": rank + 1, "row": int(r), "score": _score(s, meta["metric"]), **meta["rows"][r]}
+        results.append([{"rank": rank + 1, "row": int(r), "score": _score(s, meta.metric), **meta.rows[r]}
                         for rank, (s, r) in enumerate(hits)])
     return results
 
@@ -205,7 +237,7 @@ def _score(value, metric):
 
 def exclusions(index_meta, keys):
     """Archive row of each query that is itself archived (else -1), or None when none is."""
-    row_of = {(r["split"], r["index"]): row for row, r in enumerate(index_meta["rows"])}
+    row_of = {(r["split"], r["index"]): row for row, r in enumerate(index_meta.rows)}
     rows = [row_of.get(key, -1) if key else -1 for key in keys]
     return rows if any(r >= 0 for r in rows) else None
 

@@ -107,12 +107,12 @@ def screen_inputs(clf, images, paths=None, archive=None, keys=None, vectors=None
     """Flags per input for a loaded classifier; with an archive (index, metadata) the embedding and
     grey-level checks too. `keys` ((split, index) or None) leave an archived query out of its own search;
     `vectors` are the images' embeddings when the caller already has them."""
-    if archive is None or "ood" not in archive[1]:
+    if archive is None or archive[1].ood is None:
         return screen(images, paths)
     index, meta = archive
     vectors = clf.embed(images) if vectors is None else vectors
     hits = search(index, meta, vectors, 1, exclusions(meta, keys or [None] * len(images)))
-    return screen(images, paths, [nearest_score(h) for h in hits], meta["ood"])
+    return screen(images, paths, [nearest_score(h) for h in hits], meta.ood)
 
 
 def print_flags(names, flags) -> None:

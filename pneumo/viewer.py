@@ -126,6 +126,6 @@ class CaseViewer:
         if self.archive is None:
             return {"index": None, "note": self.index_note}
         meta = self.archive[1]
-        return {"cases": len(meta["rows"]), "metric": meta["metric"], "backend": meta["build"].get("backend", "faiss"),
-                "index_sha256": meta.get("index_sha256", "")[:12] or None,
-                "checkpoint_matches": meta["checkpoint_sha256"] == self.clf.sha256}
+        return {"cases": len(meta.rows), "metric": meta.metric, "backend": meta.build.get("backend", "faiss"),
+                "index_sha256": (meta.index_sha256 or "")[:12] or None,
+                "checkpoint_matches": meta.checkpoint_sha256 == self.clf.sha256}

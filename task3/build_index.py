@@ -59,7 +59,7 @@ def main(args):
     clf = Classifier.load(args.checkpoint, resolve_device(args.device))
     clf.check_size(args.size)
     meta = build_archive(clf, args.data_root, args.split, IndexSpec.from_args(args), source, run, args.batch_size)
-    ood, rows = meta["ood"], meta["rows"]
+    ood, rows = meta.ood, meta.rows
     print(f"out-of-distribution cut: nearest-case {args.metric} score {ood['threshold']:.3f} ({ood['percentile']:g}th "
           f"percentile over {ood['n']} val images); val images flagged: {100 * ood['val_flagged_share']:.1f} %")
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}

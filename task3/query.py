@@ -61,15 +61,15 @@ def main(args):
     images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
                                               args.record_names)
     results = search(index, index_meta, clf.embed(images, args.batch_size), args.k, exclusions(index_meta, keys))
-    flags = screen(images, args.images, [nearest_score(hits) for hits in results], index_meta.get("ood"))
+    flags = screen(images, args.images, [nearest_score(hits) for hits in results], index_meta.ood)
     records = [{"query": name, "label": label, "flags": found, "neighbours": hits}
                for name, label, found, hits in zip(names, labels, flags, results)]
     for record in records:
-        print_table(record, index_meta["metric"])
+        print_table(record, index_meta.metric)
     print_flags(names, flags)
     write_json_atomic(args.out / "task3_query_results.json",
                       {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(),
-                       "metric": index_meta["metric"], "queries": records})
+                       "metric": index_meta.metric, "queries": records})
     figure = plot_gallery(args, images, records, index_meta, clf.image_size)
     print(f"wrote {args.out / 'task3_query_results.json'} and {figure}")
     return records
@@ -86,7 +86,7 @@ def print_table(record, metric):
 def plot_gallery(args, images, records, index_meta, size):
     """Each query beside its nearest cases; at most GALLERY_QUERIES rows of GALLERY_NEIGHBOURS cases (the
     table and the JSON hold them all), so a large --k or many queries cannot stall on drawing."""
-    word = score_name(index_meta["metric"])
+    word = score_name(index_meta.metric)
     shown_k = min(args.k, GALLERY_NEIGHBOURS)
     records = [{**r, "neighbours": r["neighbours"][:shown_k]} for r in records[:GALLERY_QUERIES]]
     archive = {split: load_split(args.data_root, split, size)[0]
@@ -104,8 +104,8 @@ def plot_gallery(args, images, records, index_meta, size):
            f"hold all)") if shown_k < args.k or len(records) < len(images) else ""
     return plot_panels(panels, args.out / "figures" / "task3_visual_results.png", cols=shown_k + 1,
                        title=f"each query ({args.split if not args.images else 'image files'}) and its {args.k} most "
-                             f"similar archived cases{cut} ({'+'.join(index_meta['build']['splits'])}, "
-                             f"{index_meta['metric']}); red = other label")
+                             f"similar archived cases{cut} ({'+'.join(index_meta.build['splits'])}, "
+                             f"{index_meta.metric}); red = other label")
 
 
 def evaluate(args, run, clf, index, index_meta):
@@ -113,13 +113,13 @@ def evaluate(args, run, clf, index, index_meta):
     vectors = clf.embed(images, args.batch_size, desc=f"embed {args.split}")
     keys = [(args.split, i) for i in range(len(labels))]
     hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
-    flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.get("ood"))]
-    result = {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(), "metric": index_meta["metric"],
-              "index_type": index_meta["build"]["index_type"], "archive": index_meta["build"]["splits"],
+    flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.ood)]
+    result = {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(), "metric": index_meta.metric,
+              "index_type": index_meta.build["index_type"], "archive": index_meta.build["splits"],
               "archive_size": index.ntotal, "split": args.split,
               "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k),
               "flagged_share": float(sum(flagged) / len(flagged)), "flagged": int(sum(flagged)),
-              "ood_reference": index_meta.get("ood")}
+              "ood_reference": index_meta.ood}
     write_json_atomic(args.out / "task3_retrieval_eval.json", result)
     write_text_atomic(args.out / "task3_retrieval_eval.md", eval_markdown(result, args.k))
     print(eval_markdown(result, args.k))

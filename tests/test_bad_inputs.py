@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import REPO, error_line, files_under, run_cli
 from pneumo.atomic import save_torch_atomic
-from pneumo.retrieval import IndexSpec, build_index, save_index
+from pneumo.retrieval import ArchiveMeta, IndexSpec, build_index, save_index
 from task1 import evaluate, gradcam, train
 from task2 import generate_reports
 from task3 import build_index as build_cli
@@ -168,11 +168,11 @@ def test_an_index_pair_that_does_not_belong_together_is_refused(trained_checkpoi
     meta = json.loads(good.with_suffix(".json").read_text())
     broken = {}
     broken["other_dimension"] = tmp_path / "dim"
-    save_index(build_index(np.eye(16, dtype=np.float32)), {**meta, "rows": meta["rows"][:16]},
+    save_index(build_index(np.eye(16, dtype=np.float32)), ArchiveMeta.from_json({**meta, "rows": meta["rows"][:16]}),
                broken["other_dimension"] / "task3_index.faiss")
     broken["half_replaced"] = tmp_path / "half"
     shutil.copytree(good.parent, broken["half_replaced"])
-    save_index(build_index(np.ones((len(meta["rows"]), 512), np.float32), IndexSpec(metric="cosine")), meta,
+    save_index(build_index(np.ones((len(meta["rows"]), 512), np.float32), IndexSpec(metric="cosine")), ArchiveMeta.from_json(meta),
                tmp_path / "cosine" / "task3_index.faiss")
     shutil.copy(tmp_path / "cosine" / "task3_index.faiss", broken["half_replaced"] / "task3_index.faiss")
     broken["no_digest"] = tmp_path / "old"

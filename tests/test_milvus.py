@@ -45,9 +45,9 @@ def test_milvus_exact_search_gives_faiss_flats_neighbours(archives, trained_chec
     assert len(milvus_hits) == 96 and all(len(h) == 5 for h in milvus_hits)
     assert all(agree(a, b) for a, b in zip(faiss_hits, milvus_hits))
     assert np.allclose([h["score"] for q in faiss_hits for h in q], [h["score"] for q in milvus_hits for h in q], atol=1e-3)
-    assert milvus_meta["rows"] == faiss_meta["rows"] and milvus_meta["checkpoint_sha256"] == faiss_meta["checkpoint_sha256"]
-    assert milvus_meta["ood"]["threshold"] == pytest.approx(faiss_meta["ood"]["threshold"], abs=1e-3)
-    assert milvus_meta["build"]["backend"] == "milvus" and milvus_meta["build"]["index_type"] == "flat"
+    assert milvus_meta.rows == faiss_meta.rows and milvus_meta.checkpoint_sha256 == faiss_meta.checkpoint_sha256
+    assert milvus_meta.ood["threshold"] == pytest.approx(faiss_meta.ood["threshold"], abs=1e-3)
+    assert milvus_meta.build["backend"] == "milvus" and milvus_meta.build["index_type"] == "flat"
 
 
 def test_query_script_runs_on_milvus(archives, trained_checkpoint, synthetic_root, tmp_path):

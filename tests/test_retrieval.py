@@ -6,7 +6,7 @@ import torch
 
 from conftest import error_line, run_cli
 from pneumo.atomic import save_torch_atomic
-from pneumo.retrieval import IndexSpec, average_precision_at, build_index, load_index, save_index, search
+from pneumo.retrieval import ArchiveMeta, IndexSpec, average_precision_at, build_index, load_index, save_index, search
 from pneumo.runtime import UserError
 from task3 import build_index as build_cli
 from task3 import query
@@ -24,7 +24,7 @@ def test_each_index_type_finds_the_exact_neighbours_on_clustered_data(index_type
     vectors = (centres[rng.integers(0, 20, 2000)] + 0.05 * rng.normal(size=(2000, 32))).astype(np.float32)
     exact = build_index(vectors, IndexSpec("flat", metric))
     approx = build_index(vectors, IndexSpec(index_type, metric, nprobe=8))
-    meta = {"metric": metric, "rows": rows_for(2000)}
+    meta = ArchiveMeta(metric, rows_for(2000))
     truth = search(exact, meta, vectors[:50], 10)
     found = search(approx, meta, vectors[:50], 10)
     recall = np.mean([len({h["row"] for h in a} & {h["row"] for h in b}) / 10 for a, b in zip(truth, found)])
@@ -36,7 +36,7 @@ def test_each_index_type_finds_the_exact_neighbours_on_clustered_data(index_type
 
 def test_l2_distances_are_euclidean_and_self_is_excluded():
     vectors = np.array([[0, 0], [3, 4], [6, 8]], np.float32)
-    meta = {"metric": "l2", "rows": rows_for(3)}
+    meta = ArchiveMeta("l2", rows_for(3))
     hits = search(build_index(vectors), meta, vectors[:1], 2, exclude=[0])[0]
     assert [h["row"] for h in hits] == [1, 2] and hits[0]["score"] == pytest.approx(5.0)
     with pytest.raises(UserError, match="larger than the archive"):
@@ -45,10 +45,9 @@ def test_l2_distances_are_euclidean_and_self_is_excluded():
 
 def test_saved_index_is_refused_for_another_checkpoint(tmp_path):
     vectors = np.eye(4, dtype=np.float32)
-    save_index(build_index(vectors), {"metric": "l2", "checkpoint_sha256": "a" * 64, "rows": rows_for(4), "build": {},
-                                      "ood": {}}, tmp_path / "i.faiss")
+    save_index(build_index(vectors), ArchiveMeta("l2", rows_for(4), checkpoint_sha256="a" * 64, ood={}), tmp_path / "i.faiss")
     index, meta = load_index(tmp_path / "i.faiss", "a" * 64)
-    assert index.ntotal == 4 and meta["rows"][1]["label"] == "pneumonia"
+    assert index.ntotal == 4 and meta.rows[1]["label"] == "pneumonia"
     with pytest.raises(UserError, match="another checkpoint"):
         load_index(tmp_path / "i.faiss", "b" * 64)
     with pytest.raises(UserError, match="not found"):
@@ -110,3 +109,12 @@ def test_query_refuses_bad_requests_in_one_line(archive, trained_checkpoint, syn
     result = run_cli(query, "--checkpoint", other, "--index", archive, "--data_root", synthetic_root, "--out", tmp_path)
     assert result.returncode == 1 and "another checkpoint" in error_line(result)
     assert list(tmp_path.iterdir()) == [other]
+
+
+def test_archive_metadata_goes_to_json_and_back():
+    import json
+    meta = ArchiveMeta("cosine", rows_for(2), {"index_type": "flat"}, checkpoint_sha256="c" * 64, ood={"threshold": 0.5},
+                       run={"script": "build_index", "git_commit": "abc"})
+    data = json.loads(json.dumps(meta.to_json()))  # the sidecar's content: the run's record at the top level
+    assert data["script"] == "build_index" and data["metric"] == "cosine" and "run" not in data and "dim" not in data
+    assert ArchiveMeta.from_json(data) == meta

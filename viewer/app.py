@@ -165,8 +165,9 @@ def footer(viewer):
                    f"built from this checkpoint: {'yes' if index['checkpoint_matches'] else 'NO'}")
     else:
         archive = index["note"]
+    vlm = viewer.vlm_note or (f"VLM: {viewer.vlm.model_id}" if viewer.vlm else "no VLM loaded")
     return (f"Checkpoint `{Path(clf.meta['path']).name}` sha256 {clf.sha256[:12]}… · {archive} · "
-            f"{viewer.vlm_note or 'VLM: ' + viewer.vlm.model_id}  \n**Research use only, not a diagnosis.**")
+            f"{vlm}  \n**Research use only, not a diagnosis.**")
 
 
 # ---- the page ------------------------------------------------------------------------------------
