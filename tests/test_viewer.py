@@ -87,7 +87,7 @@ def test_clicking_a_neighbour_opens_it(viewer):
     case = shown(app.open_dataset(viewer, "test", 0))["state"]
     first = case.classifier.neighbours[2]
     opened = shown(app.open_neighbour(viewer, case, "pneumonia", 0.6, SimpleNamespace(index=2)))["state"]
-    assert opened["key"] == (first["split"], first["index"]) and opened["label"] == first["label"]
+    assert opened.key == (first["split"], first["index"]) and opened.label == first["label"]
 
 
 @pytest.mark.parametrize("make,expected", [

@@ -259,7 +259,7 @@ def test_user_image_files_become_cases_named_after_the_file(tmp_path):
     photo = tmp_path / "my film.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(photo)
     cases = generate_reports.gather_cases(generate_reports.parse_args(["--images", str(photo)]), 28)
-    assert len(cases) == 1 and cases[0]["label"] is None and cases[0]["key"] is None
+    assert len(cases) == 1 and cases[0].label is None and cases[0].key is None
     assert cases[0].small.shape == (28, 28) and cases[0].vlm_image.size == (200, 300)
     assert cases[0].slug == "my_film" and cases[0].name == "my film.png"  # the name alone: the folder is outside the working one
 
@@ -352,7 +352,7 @@ def test_without_the_large_file_the_vlm_falls_back_with_one_warning(synthetic_ro
     generate_reports.attach_vlm_images(args, cases)
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "28-px" in warnings[0] and "pneumoniamnist_224.npz is missing" in warnings[0]
-    assert cases[0]["vlm_source"] == "medmnist_28px" and cases[0]["vlm_image"].size == (28, 28)
+    assert cases[0].vlm_source == "medmnist_28px" and cases[0].vlm_image.size == (28, 28)
 
 
 def test_a_large_file_of_another_release_is_refused(tmp_path):
