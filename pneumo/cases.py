@@ -161,7 +161,7 @@ def markdown_report(case, records, written_by):
     c = case.classifier
     hits = c.neighbours or []
     similar = ", ".join(f"{h['label']} ({h['score']:.2f})" for h in hits) or "no index"
-    word = score_name(c.metric) if c.metric else "distance"
+    word = score_name(c.metric) if c.metric else "score"
     lines = [f"# Chest X-ray report: {case.name}", "",
              f"Ground truth: {case.label or 'unknown (user image)'}", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
