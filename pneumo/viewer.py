@@ -10,7 +10,7 @@ import numpy as np
 from .archive import ArchiveSource
 from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
-from .data import CLASS_NAMES, SPLITS, check_indices, data_file, load_split
+from .data import CLASS_NAMES, SPLITS, data_file, load_split
 from .explain import coarse_region, overlay
 from .model import EMBEDDING_DIM
 from .pictures import load_image_file, read_picture
@@ -53,7 +53,9 @@ class CaseViewer:
         images, labels = self.split(split)
         if index is None or float(index) != int(float(index)):
             raise UserError(f"the index must be a whole number, not {index!r}")
-        index = check_indices([int(float(index))], len(labels), split)[0]
+        index = int(float(index))
+        if not 0 <= index < len(labels):  # in the page's words, not a command-line flag's
+            raise UserError(f"there is no case {index} in the {split} split: its cases are numbered 0 to {len(labels) - 1}")
         return Case(f"{split} #{index}", images[index], CLASS_NAMES[labels[index]], (split, index), display=images[index])
 
     def file_case(self, path, name=None):

@@ -107,6 +107,30 @@ def test_bad_files_get_a_message_and_the_server_carries_on(viewer, tmp_path, mak
     assert "P(pneumonia)" in shown(app.open_dataset(viewer, "test", 0))["verdict"]  # and the next case works
 
 
+@pytest.mark.parametrize("opener", ["bad_file", "bad_index"])
+def test_a_failed_new_input_leaves_nothing_of_the_previous_case(viewer, film, tmp_path, opener):
+    """Issue 22, 1: after a good film, a file that cannot be read (or a dataset index that does not exist)
+    clears every output; no verdict, map, neighbour, report or download of the old case stays under it."""
+    good = shown(app.open_upload(viewer, str(film)))
+    assert "P(pneumonia)" in good["verdict"] and good["report"] and good["md_file"]
+    if opener == "bad_file":
+        (tmp_path / "notes.png").write_text("this is not an X-ray")
+        out = shown(app.open_upload(viewer, str(tmp_path / "notes.png")))
+        assert "notes.png is not a readable image" in out["message"]
+    else:
+        out = shown(app.open_dataset(viewer, "test", 10_000))
+        assert "there is no case 10000 in the test split" in out["message"] and "--indices" not in out["message"]
+    assert out["state"] is None and out["verdict"] == "" and out["region"] == "" and out["report"] == ""
+    assert out["film"] is None and out["overlay"] is None and out["gallery"] is None
+    assert out["md_file"] is None and out["json_file"] is None
+    assert film.name not in "".join(str(v) for v in out.values())
+
+
+def test_a_narrative_request_keeps_the_line_that_names_the_case(viewer):
+    case = shown(app.open_dataset(viewer, "test", 0))["state"]
+    assert app.write_narrative(viewer, case)[1].startswith("Showing **test #0**. **No narrative:**")
+
+
 def test_a_20000_pixel_side_is_read_and_flagged_not_crashed(viewer, tmp_path):
     path = tmp_path / "strip.png"
     Image.new("L", (20000, 40), 90).save(path)
@@ -114,7 +138,7 @@ def test_a_20000_pixel_side_is_read_and_flagged_not_crashed(viewer, tmp_path):
     assert "too small to be a radiograph" in out["verdict"]
 
 
-@pytest.mark.parametrize("split,index,expected", [("test", 624, "out of range"), ("test", -1, "out of range"),
+@pytest.mark.parametrize("split,index,expected", [("test", 624, "numbered 0 to 623"), ("test", -1, "there is no case -1"),
                                                   ("test", 2.5, "whole number"), ("nope", 0, "unknown split")])
 def test_bad_dataset_choices_get_a_message(viewer, split, index, expected):
     assert expected in app.open_dataset(viewer, split, index)[1]
@@ -139,7 +163,7 @@ def test_with_a_vlm_the_narrative_joins_the_report(tmp_path, film):
     record = with_vlm.narrate(case, max_new_tokens=3)
     assert record["vlm_input"]["source"] == "file" and record["label_source"] == "fallback"
     _, message, report, md_file, json_file = app.write_narrative(with_vlm, case)
-    assert message == "Narrative written." and "## Narrative: context_aware prompt" in report
+    assert message == f"Showing **{film.name}**. Narrative written." and "## Narrative: context_aware prompt" in report
     assert open(md_file).read() == report  # the Markdown download carries the narrative too
     assert '"narratives"' in open(json_file).read()
 
@@ -153,3 +177,14 @@ def test_footer_names_checkpoint_index_and_use(viewer):
 def test_defaults_bind_locally_without_a_vlm():
     args = app.parse_args([])
     assert args.host == "127.0.0.1" and args.vlm == "none" and not args.share and args.k == 5
+
+
+def test_controls_that_cannot_work_here_are_not_offered(viewer):
+    """No narrative button without a VLM; no "share to Spaces" on any picture of a local viewer."""
+    import gradio as gr
+    demo = app.build(viewer)
+    blocks = list(demo.blocks.values())
+    narrative = next(b for b in blocks if getattr(b, "elem_id", None) == "narrative")
+    assert narrative.visible is False
+    pictures = [b for b in blocks if isinstance(b, (gr.Image, gr.Gallery))]
+    assert len(pictures) == 3 and all("share" not in (b.buttons or []) for b in pictures)

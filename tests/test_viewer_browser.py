@@ -110,6 +110,11 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         page.click("#analyse")
         expect(page.locator("#message")).to_contain_text("Could not open this case", timeout=60_000)
         expect(page.locator("#message")).to_contain_text("notes.png is not a readable image")
+        # nothing of the previous case (test #0) stays under the message: verdict, neighbours, report all gone
+        expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
+        expect(page.locator("#neighbours img")).to_have_count(0)
+        expect(page.locator("#report")).not_to_contain_text("Chest X-ray report")
+        expect(page.locator("#region")).not_to_contain_text("Grad-CAM evidence")
         browser.close()
     assert proc.poll() is None, "the server stopped"
     assert not outside, f"the page called out: {outside[:5]}"

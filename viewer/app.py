@@ -96,9 +96,15 @@ def region_text(viewer, case, target):
 
 
 def failed(message):
-    """The message, every other output left as it is: the page and the server carry on."""
+    """A new input that could not be opened: the message, and every other output cleared, so that no
+    verdict, map, neighbour or report of the previous case stays on screen under it."""
+    return (None, f"**Could not open this case:** {message}", "", None, None, "", None, "", None, None)
+
+
+def not_opened(message):
+    """A request about the case on screen that cannot be met: the message; the case stays as it is."""
     import gradio as gr
-    return (gr.skip(), f"**Could not open this case:** {message}", *[gr.skip()] * 8)
+    return (gr.skip(), message, *[gr.skip()] * 8)
 
 
 def open_upload(viewer, path, target="pneumonia", opacity=0.6):
@@ -122,7 +128,7 @@ def open_dataset(viewer, split, index, target="pneumonia", opacity=0.6):
 def open_neighbour(viewer, case, target, opacity, evt):
     hits = (case.classifier.neighbours if case is not None and case.classifier is not None else None) or []
     if evt is None or not 0 <= evt.index < len(hits):
-        return failed("no such similar case")
+        return not_opened(f"Showing **{case.name}**. No such similar case." if case is not None else "Open a case first.")
     return open_dataset(viewer, hits[evt.index]["split"], hits[evt.index]["index"], target, opacity)
 
 
@@ -151,9 +157,9 @@ def write_narrative(viewer, case):
         return gr.skip(), "**Open a case first.**", gr.skip(), gr.skip(), gr.skip()
     try:
         viewer.narrate(case)
-    except UserError as err:
-        return gr.skip(), f"**No narrative:** {err}", gr.skip(), gr.skip(), gr.skip()
-    return (case, "Narrative written.", *report_files(viewer, case))
+    except UserError as err:  # the line still names the case on screen
+        return gr.skip(), f"Showing **{case.name}**. **No narrative:** {err}", gr.skip(), gr.skip(), gr.skip()
+    return (case, f"Showing **{case.name}**. Narrative written.", *report_files(viewer, case))
 
 
 def footer(viewer):
@@ -169,6 +175,10 @@ def footer(viewer):
     return (f"Checkpoint `{Path(clf.meta['path']).name}` sha256 {clf.sha256[:12]}… · {archive} · "
             f"{vlm}  \n**Research use only, not a diagnosis.**")
 
+
+# Image toolbars without Gradio's "share" (to Hugging Face Spaces, which a local viewer of patient films
+# must not offer, and which answers "Must be on Spaces" here).
+LOCAL_BUTTONS = ["download", "fullscreen"]
 
 # ---- the page ------------------------------------------------------------------------------------
 def build(viewer):
@@ -200,16 +210,17 @@ def build(viewer):
                 message = gr.Markdown(elem_id="message")
                 verdict = gr.Markdown(elem_id="verdict")
                 with gr.Row():
-                    film = gr.Image(label="Film", interactive=False, height=300)
-                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300)
+                    film = gr.Image(label="Film", interactive=False, height=300, buttons=LOCAL_BUTTONS)
+                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300, buttons=LOCAL_BUTTONS)
                 with gr.Row():
                     target = gr.Radio(list(CLASS_NAMES), value="pneumonia", label="Evidence for")
                     opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
                 region = gr.Markdown(elem_id="region")
                 gallery = gr.Gallery(label="Most similar archived cases (click to open)", columns=5, height=200,
-                                     allow_preview=False, elem_id="neighbours")
+                                     allow_preview=False, elem_id="neighbours", buttons=LOCAL_BUTTONS)
                 with gr.Accordion("Report", open=True):
-                    narrative = gr.Button("Write the VLM narrative", elem_id="narrative")
+                    # offered only where it can work: a VLM loaded at start-up (--vlm auto on a GPU)
+                    narrative = gr.Button("Write the VLM narrative", elem_id="narrative", visible=viewer.vlm is not None)
                     report = gr.Markdown(elem_id="report")
                     with gr.Row():
                         md_file = gr.DownloadButton("Download Markdown", elem_id="download-md")
