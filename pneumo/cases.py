@@ -22,6 +22,7 @@ from .screening import screen_inputs
 from .vlm import build_messages, generate
 
 NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "score")
+CLOSER = {"l2": ": lower is closer", "cosine": ": higher is closer"}  # what a neighbour's score means
 
 
 @dataclass
@@ -160,15 +161,15 @@ def markdown_report(case, records, written_by):
     """The case's report: classifier block, flags, then each narrative with its reading and audit flags."""
     c = case.classifier
     hits = c.neighbours or []
-    similar = ", ".join(f"{h['label']} ({h['score']:.2f})" for h in hits) or "no index"
     word = score_name(c.metric) if c.metric else "score"
+    similar = ", ".join(f"{h['label']} ({h['split']} #{h['index']}, {word} {h['score']:.2f})" for h in hits) or "no index"
     lines = [f"# Chest X-ray report: {case.name}", "",
              f"Ground truth: {case.label or 'unknown (user image)'}", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
              f"| P(pneumonia) | {c.probability:.3f} |",
              f"| Decision at val threshold {c.threshold:.3f} | **{c.prediction}** |",
              f"| Grad-CAM evidence (pneumonia) | {c.region} |",
-             f"| Most similar archived cases (label, {word}) | {similar} |", ""]
+             f"| Most similar archived cases (label, case, {word}{CLOSER.get(c.metric, '')}) | {similar} |", ""]
     if c.flags:
         lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c.flags) + ".", ""]
     for r in records:

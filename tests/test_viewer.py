@@ -188,3 +188,11 @@ def test_controls_that_cannot_work_here_are_not_offered(viewer):
     assert narrative.visible is False
     pictures = [b for b in blocks if isinstance(b, (gr.Image, gr.Gallery))]
     assert len(pictures) == 3 and all("share" not in (b.buttons or []) for b in pictures)
+
+
+def test_the_disclaimer_sits_with_the_verdict_and_the_report_names_each_neighbour(viewer):
+    out = shown(app.open_dataset(viewer, "test", 0))
+    assert "Research use only, not a diagnosis" in out["verdict"]
+    first = out["state"].classifier.neighbours[0]
+    assert f"{first['label']} ({first['split']} #{first['index']}, distance {first['score']:.2f})" in out["report"]
+    assert "(label, case, distance: lower is closer)" in out["report"]

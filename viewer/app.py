@@ -73,6 +73,7 @@ def show(viewer, case, target="pneumonia", opacity=0.6):
                + (f" · truth: {case.label}" if case.label else "")]
     if c.flags:
         verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c.flags))
+    verdict.append("*Research use only, not a diagnosis.*")  # beside the verdict, not below the fold
     gallery = [(film, f"{h['label']} · {h['score']:.2f} · {h['split']} #{h['index']}")
                for film, h in zip(case.neighbour_films, c.neighbours or [])]
     return (case, f"Showing **{case.name}**.", "\n\n".join(verdict), case.display,
