@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .archive import ArchiveSource
 from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
@@ -18,6 +19,7 @@ from .runtime import UserError
 from .vlm import VlmSession
 
 WRITTEN_BY = "viewer/app.py"
+DATASET_ZOOM = 10  # a 28-px dataset film is shown at 280 px, each source pixel a visible block
 OUTCOMES = ("all", "correct", "incorrect")
 
 
@@ -56,7 +58,8 @@ class CaseViewer:
         index = int(float(index))
         if not 0 <= index < len(labels):  # in the page's words, not a command-line flag's
             raise UserError(f"there is no case {index} in the {split} split: its cases are numbered 0 to {len(labels) - 1}")
-        return Case(f"{split} #{index}", images[index], CLASS_NAMES[labels[index]], (split, index), display=images[index])
+        return Case(f"{split} #{index}", images[index], CLASS_NAMES[labels[index]], (split, index),
+                    display=enlarged(images[index]))
 
     def file_case(self, path, name=None):
         """A user's file (PNG, JPEG, DICOM, ...), named by its file name alone."""
@@ -95,7 +98,7 @@ class CaseViewer:
         return case
 
     def overlay(self, case, target="pneumonia", opacity=0.6):
-        return overlay(case.small, case.maps[target], strength=float(opacity))
+        return overlay(case.small, case.maps[target], strength=float(opacity))  # 224 px, already enlarged
 
     def region(self, case, target="pneumonia"):
         return coarse_region(case.maps[target])
@@ -131,3 +134,10 @@ class CaseViewer:
         return {"cases": len(meta.rows), "metric": meta.metric, "backend": meta.build.get("backend", "faiss"),
                 "index_sha256": (meta.index_sha256 or "")[:12] or None,
                 "checkpoint_matches": meta.checkpoint_sha256 == self.clf.sha256}
+
+
+def enlarged(picture: np.ndarray) -> np.ndarray:
+    """A dataset film (or its overlay) at DATASET_ZOOM times its size, each source pixel a block (nearest
+    neighbour: no detail is invented), so a 28-px stamp fills the panel."""
+    image = Image.fromarray(picture)
+    return np.asarray(image.resize((image.width * DATASET_ZOOM, image.height * DATASET_ZOOM), Image.Resampling.NEAREST))

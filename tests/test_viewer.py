@@ -196,3 +196,10 @@ def test_the_disclaimer_sits_with_the_verdict_and_the_report_names_each_neighbou
     first = out["state"].classifier.neighbours[0]
     assert f"{first['label']} ({first['split']} #{first['index']}, distance {first['score']:.2f})" in out["report"]
     assert "(label, case, distance: lower is closer)" in out["report"]
+
+
+def test_a_dataset_film_is_shown_enlarged_and_says_its_source_size(viewer):
+    out = shown(app.open_dataset(viewer, "test", 0))
+    assert out["film"].shape == (280, 280) and out["overlay"].shape[:2] == (224, 224)
+    assert "a 28×28 PneumoniaMNIST film, shown enlarged" in out["message"]
+    assert (out["film"][::10, ::10] == out["state"].small).all()  # every source pixel a 10x10 block, none invented

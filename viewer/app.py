@@ -76,7 +76,8 @@ def show(viewer, case, target="pneumonia", opacity=0.6):
     verdict.append("*Research use only, not a diagnosis.*")  # beside the verdict, not below the fold
     gallery = [(film, f"{h['label']} · {h['score']:.2f} · {h['split']} #{h['index']}")
                for film, h in zip(case.neighbour_films, c.neighbours or [])]
-    return (case, f"Showing **{case.name}**.", "\n\n".join(verdict), case.display,
+    source = f" (a {len(case.small)}×{len(case.small)} PneumoniaMNIST film, shown enlarged)" if case.key else ""
+    return (case, f"Showing **{case.name}**{source}.", "\n\n".join(verdict), case.display,
             viewer.overlay(case, target, opacity), region_text(viewer, case, target),
             gallery if gallery else None, *report_files(viewer, case))
 
