@@ -157,11 +157,15 @@ def random_input(rng, kind, name, args, folder: Path) -> list:
     return args
 
 
+def raise_overtime(*_):
+    raise Overtime
+
+
 def one_run(name, args, run_seconds):
     module = SCRIPTS[name]
     out, err = io.StringIO(), io.StringIO()
     code, start = 0, time.perf_counter()
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(Overtime()))
+    signal.signal(signal.SIGALRM, raise_overtime)
     signal.alarm(run_seconds)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

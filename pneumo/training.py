@@ -1,5 +1,6 @@
 """The pieces of a training run that train.py assembles: processes and devices, mixed precision,
 class weights, the weight average, one epoch, and the resume file."""
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .atomic import save_torch_atomic
 from .checkpoint import read_payload
-from .data import normalize
+from .data import normalize, require_both_classes
 from .model import unwrap
 from .runtime import UserError, resolve_device
 
@@ -73,9 +74,7 @@ def cpu_has_native_bf16() -> bool:
 def balanced_class_weights(labels):
     """Per-class loss weights n / (2 n_c) (scikit-learn's "balanced"): both classes weigh the same."""
     labels = np.asarray(labels).ravel()
-    counts = np.bincount(labels, minlength=2)
-    if (counts == 0).any():
-        raise UserError(f"train has {counts.tolist()} images per class; both classes are needed")
+    require_both_classes(labels, "train", "the training labels")
     return torch.tensor(compute_class_weight("balanced", classes=np.arange(2), y=labels), dtype=torch.float32)
 
 
@@ -113,8 +112,9 @@ def train_one_epoch(trainer: Trainer, loader, desc=None):
         y = labels.to(t.device)
         with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
             loss = t.criterion(t.model(x), y)
-        if not torch.isfinite(loss):  # nothing after this step could be trusted; stop here, in one line
-            raise UserError(f"training diverged: the loss became {loss.item()} at step {step} of {desc or 'an epoch'}; "
+        value = loss.item()  # the one device sync per step
+        if not math.isfinite(value):  # nothing after this step could be trusted; stop here, in one line
+            raise UserError(f"training diverged: the loss became {value} at step {step} of {desc or 'an epoch'}; "
                             f"lower --lr or check the data (nothing was written at --out)")
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
@@ -123,7 +123,7 @@ def train_one_epoch(trainer: Trainer, loader, desc=None):
         t.scheduler.step()
         if t.ema is not None and t.scheduler.last_epoch > t.ema_start:  # last_epoch counts optimiser steps
             t.ema.update_parameters(unwrap(t.model))
-        total += loss.item() * len(y)
+        total += value * len(y)
         count += len(y)
     return total / count
 
