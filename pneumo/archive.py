@@ -11,8 +11,8 @@ from .atomic import file_sha256
 from .data import CLASS_NAMES, data_file, load_split
 from .errors import UserError
 from .milvus_archive import building, load_milvus
-from .retrieval import ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index, search
-from .screening import nearest_score, ood_reference, screen
+from .retrieval import ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index
+from .screening import fit_reference
 
 MIN_PER_CELL = 39  # k-means needs about this many vectors per IVF cell
 
@@ -44,9 +44,19 @@ class ArchiveSource:
         return f"milvus {self.uri} ({self.collection})" if self.backend == "milvus" else str(self.index)
 
 
+def open_archive(path, clf, dim, data_root=None):
+    """(index, metadata) for the out-of-distribution flags, or None with a one-line note: a missing or
+    stale archive leaves those flags out but does not stop the classifier's own answer."""
+    try:
+        return load_index(path, clf.sha256, dim, data_root)
+    except UserError as err:
+        print(f"note: no out-of-distribution check: {err}")
+        return None
+
+
 def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> ArchiveMeta:
     """Embed `splits` of the data file with the classifier, index them as `spec` says where `source` says,
-    with the out-of-distribution reference of val and the metadata (`record`: the run's own, from
+    with the out-of-distribution reference (fitted on train, cut on val) and the metadata (`record`: the run's own, from
     print_run_header). Returns the metadata written."""
     loaded = {split: load_split(data_root, split, clf.image_size) for split in splits}
     n = sum(len(labels) for _, labels in loaded.values())
@@ -63,38 +73,35 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
         build.update(hnsw_m=spec.hnsw_m, ef_search=spec.ef_search)
     meta = ArchiveMeta(spec.metric, rows, build, checkpoint=clf.meta["path"], checkpoint_sha256=clf.sha256,
                        image_size=clf.image_size, data_sha256=file_sha256(data_file(data_root, clf.image_size)), run=record)
-    val_images = loaded["val"][0] if "val" in loaded else load_split(data_root, "val", clf.image_size)[0]
+    meta.ood = screen_reference(clf, data_root, loaded, vectors, batch_size)
     start = time.perf_counter()
     if source.backend == "faiss":
         index = build_index(vectors, spec)
         if spec.index_type == "ivf":
             build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
         build["build_seconds"] = round(time.perf_counter() - start, 3)
-        meta.ood = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
         save_index(index, meta, source.index)
         return meta
     with building(source.uri, source.collection, vectors, rows, spec) as index:
         build.update({k: v for k, v in index.meta.build.items() if k != "index_type"}, backend="milvus")
         build["build_seconds"] = round(time.perf_counter() - start, 3)
-        meta.ood = val_reference(clf, index, meta, vectors, val_images, "val" in loaded, batch_size)
         meta.ntotal, meta.dim = len(rows), int(vectors.shape[1])
         index.finish(meta)
     return meta
 
 
-def val_reference(clf, index, meta, vectors, val_images, val_archived: bool, batch_size=256) -> dict:
-    """What val images look like to the out-of-distribution flags: their nearest archived case (themselves
-    left out when val is archived) and their grey levels."""
-    if val_archived:
-        rows = [i for i, r in enumerate(meta.rows) if r["split"] == "val"]
-        queries, exclude = vectors[rows], rows
-    else:
-        queries, exclude = clf.embed(val_images, batch_size), None
-    hits = search(index, meta, queries, 1, exclude)
-    scores = [nearest_score(h) for h in hits]
-    reference = ood_reference(scores, meta.metric, val_images)
-    reference["val_flagged_share"] = float(np.mean([bool(f) for f in screen(val_images, None, scores, reference)]))
-    return reference
+def screen_reference(clf, data_root, loaded, vectors, batch_size=256) -> dict:
+    """The out-of-distribution reference (pneumo.screening.fit_reference) from the train and val films'
+    features: taken from the archived vectors when those splits are archived, else embedded here."""
+    parts, start = {}, 0
+    for split, (_, labels) in loaded.items():
+        parts[split] = (vectors[start:start + len(labels)], labels)
+        start += len(labels)
+    for split in ("train", "val"):
+        if split not in parts:
+            images, labels = load_split(data_root, split, clf.image_size)
+            parts[split] = (clf.embed(images, batch_size, desc=f"embed {split} (out-of-distribution reference)"), labels)
+    return fit_reference(parts["train"][0], parts["train"][1], parts["val"][0])
 
 
 def written_where(source: ArchiveSource) -> str:

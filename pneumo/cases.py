@@ -7,6 +7,7 @@ A case is a `Case`; what the classifier says about it, a `ClassifierBlock`; both
 through `to_json` and come back through `from_json`.
 """
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 
 import numpy as np
 from PIL import Image
@@ -18,7 +19,7 @@ from .impression import parse_impression
 from .pictures import read_picture
 from .retrieval import exclusions, score_name, search
 from .runtime import UserError
-from .screening import screen_inputs
+from .screening import BORDERLINE, screen_inputs, status
 from .vlm import build_messages, generate
 
 NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "score")
@@ -28,7 +29,8 @@ CLOSER = {"l2": ": lower is closer", "cosine": ": higher is closer"}  # what a n
 @dataclass
 class ClassifierBlock:
     """What the classifier says about a case: P(pneumonia), the decision at the checkpoint's stored
-    threshold, the Grad-CAM region of the pneumonia map, the input flags, and the similar archived cases
+    threshold, the Grad-CAM region of the pneumonia map, the input flags, the status of that decision
+    (pneumo.screening.status: withheld when flagged, borderline, or read), and the similar archived cases
     (None without an archive) with the metric their scores are in."""
     checkpoint_sha256: str
     probability: float
@@ -38,6 +40,17 @@ class ClassifierBlock:
     flags: list = field(default_factory=list)
     neighbours: list | None = None
     metric: str | None = None
+    status: str = "read"
+    analysed: str | None = None  # when, in UTC (ISO 8601, to the second)
+
+    @property
+    def verdict(self) -> str:
+        """The decision as a reader should take it: the prediction, marked borderline, or withheld."""
+        if self.status == "withheld":
+            return f"withheld (input flagged; the classifier's unreliable output: {self.prediction})"
+        if self.status == "borderline":
+            return f"{self.prediction}, borderline (P within {BORDERLINE} of the threshold)"
+        return self.prediction
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,6 +79,7 @@ class Case:
     maps: dict | None = None
     neighbour_films: list = field(default_factory=list)
     records: list = field(default_factory=list)
+    compared: int | None = None  # viewer: the rank of the similar case shown beside it
 
     def to_json(self) -> dict:
         """What the results files keep of a case (no pixels)."""
@@ -113,11 +127,12 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
         vectors = clf.embed(small)
         if k:
             neighbours = search(*archive, vectors, k, exclusions(archive[1], keys))
-    flags = screen_inputs(clf, small, [c.path for c in cases], archive, keys, vectors)
+    flags = screen_inputs(clf, small, [c.path for c in cases], archive, vectors)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
         case.classifier = ClassifierBlock(
             checkpoint_sha256=clf.sha256, probability=round(float(prob), 4), threshold=round(clf.threshold, 4),
-            prediction=clf.label(prob), region=coarse_region(cam), flags=found,
+            prediction=clf.label(prob), region=coarse_region(cam), flags=found, status=status(prob, clf.threshold, found), analysed=when,
             neighbours=[{f: h[f] for f in NEIGHBOUR_FIELDS} for h in hits] if hits else None,
             metric=archive[1].metric if archive is not None else None)
     return flags
@@ -163,15 +178,15 @@ def markdown_report(case, records, written_by):
     hits = c.neighbours or []
     word = score_name(c.metric) if c.metric else "score"
     similar = ", ".join(f"{h['label']} ({h['split']} #{h['index']}, {word} {h['score']:.2f})" for h in hits) or "no index"
-    lines = [f"# Chest X-ray report: {case.name}", "",
-             f"Ground truth: {case.label or 'unknown (user image)'}", "",
+    lines = [f"# Chest X-ray report: {case.name}", ""]
+    if c.flags:
+        lines += ["**Input flagged, verdict withheld; treat every answer below with suspicion:** " + "; ".join(c.flags) + ".", ""]
+    lines += [f"Analysed: {c.analysed or 'unknown'} (UTC). Ground truth: {case.label or 'unknown (user image)'}.", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
              f"| P(pneumonia) | {c.probability:.3f} |",
-             f"| Decision at val threshold {c.threshold:.3f} | **{c.prediction}** |",
+             f"| Decision at val threshold {c.threshold:.3f} | **{c.verdict}** |",
              f"| Grad-CAM evidence (pneumonia) | {c.region} |",
              f"| Most similar archived cases (label, case, {word}{CLOSER.get(c.metric, '')}) | {similar} |", ""]
-    if c.flags:
-        lines += ["**Input flagged, treat every answer below with suspicion:** " + "; ".join(c.flags) + ".", ""]
     for r in records:
         if r["narrative"] is None and r.get("note"):
             lines += ["## Narrative", "", f"No narrative: {r['note'].split(': ', 1)[-1]}.", ""]

@@ -10,6 +10,7 @@ import numpy as np
 from .atomic import atomic_path, file_sha256
 from .data import data_file
 from .runtime import UserError
+from .screening import METHOD as OOD_METHOD
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 METRICS = ("l2", "cosine")
@@ -137,6 +138,9 @@ def check_meta(meta: dict, where: str, rebuild: str) -> None:
                         f"match their digest); {rebuild}")
     if not isinstance(meta.get("ood"), dict):
         raise UserError(f"{where} carries no out-of-distribution reference, so nothing could be flagged; {rebuild}")
+    if meta["ood"].get("method") != OOD_METHOD:
+        raise UserError(f"{where} carries an out-of-distribution reference of an older kind "
+                        f"({meta['ood'].get('method', 'nearest-case distance')}, not {OOD_METHOD}); {rebuild}")
 
 
 def check_data(meta: "ArchiveMeta", data_root, where: str, rebuild: str) -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .annotate import aligned_overlay, marked_film
 from .archive import ArchiveSource
 from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, data_file, load_split
-from .explain import coarse_region, overlay
+from .explain import coarse_region
 from .model import EMBEDDING_DIM
 from .pictures import load_image_file, read_picture
 from .runtime import UserError
@@ -97,8 +98,21 @@ class CaseViewer:
         case.records = []
         return case
 
+    def film(self, case):
+        """The film as the page shows it, with its orientation marks."""
+        return marked_film(case.display)
+
     def overlay(self, case, target="pneumonia", opacity=0.6):
-        return overlay(case.small, case.maps[target], strength=float(opacity))  # 224 px, already enlarged
+        """The map over the film as shown (where the classifier looked), with marks and colour scale."""
+        return aligned_overlay(case.display, case.maps[target], float(opacity), target)
+
+    def neighbour(self, case, rank):
+        """(the neighbour of that rank (1 = nearest), its film enlarged and marked); a UserError when the
+        case has no such neighbour."""
+        hits = (case.classifier.neighbours if case.classifier else None) or []
+        if not 1 <= rank <= len(hits):
+            raise UserError(f"{case.name} has no similar case number {rank}")
+        return hits[rank - 1], marked_film(enlarged(case.neighbour_films[rank - 1]))
 
     def region(self, case, target="pneumonia"):
         return coarse_region(case.maps[target])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.archive import open_archive
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import (
@@ -35,7 +36,7 @@ from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import print_run_header, resolve_device
-from pneumo.screening import open_archive, print_flags, screen_inputs
+from pneumo.screening import BORDERLINE, print_flags, screen_inputs, status
 
 
 def parse_args(argv=None):
@@ -121,15 +122,18 @@ def predict_files(args, clf):
                                            args.record_names)
     probs = clf.predict_proba(images)
     flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root))
-    rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q), "flags": f}
+    rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q),
+             "status": status(q, clf.threshold, f), "flags": f}
             for name, label, q, f in zip(names, labels, probs, flags)]
-    print(f"{'P(pneumonia)':>12}  {'prediction':<10}  image   (threshold {clf.threshold:.3f})")
+    print(f"{'P(pneumonia)':>12}  {'prediction':<10}  {'status':<10}  image   (threshold {clf.threshold:.3f}; "
+          f"withheld = input flagged, borderline = within {BORDERLINE} of the threshold)")
     for r in rows:
-        print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['image']}{'  FLAGGED' if r['flags'] else ''}")
+        print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['status'].upper() if r['status'] != 'read' else 'read':<10}  {r['image']}")
     print_flags(names, flags)
     path = write_csv_atomic(args.out / "task1_predictions_images.csv",
-                            ["image", "probability", "prediction", "threshold", "flags"],
-                            [[r["image"], repr(r["probability"]), r["prediction"], repr(clf.threshold), "; ".join(r["flags"])]
+                            ["image", "probability", "prediction", "status", "threshold", "flags"],
+                            [[r["image"], repr(r["probability"]), r["prediction"], r["status"], repr(clf.threshold),
+                              "; ".join(r["flags"])]
                              for r in rows])
     print(f"wrote {path}")
     return {"predictions": rows}

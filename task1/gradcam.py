@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.archive import open_archive
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
@@ -26,7 +27,7 @@ from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import print_run_header, resolve_device, seed_everything
-from pneumo.screening import open_archive, print_flags, screen_inputs
+from pneumo.screening import print_flags, screen_inputs, status
 
 LAYERS = ("layer3", "layer4")
 
@@ -72,17 +73,18 @@ def main(args):
     start = time.perf_counter()
     maps, used = clf.gradcam(images, targets, args.layer, args.batch_size)
     seconds = time.perf_counter() - start
-    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root), keys)
+    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root))
     records, panels = [], []
     for name, image, label, prob, cam, target, found in zip(names, images, labels, probs, maps, used, flags):
         pred = clf.label(prob)
         record = {"image": name, "label": label, "probability": float(prob), "prediction": pred,
-                  "target": CLASS_NAMES[target], "region": coarse_region(cam), "flags": found}
+                  "status": status(prob, clf.threshold, found), "target": CLASS_NAMES[target],
+                  "region": coarse_region(cam), "flags": found}
         records.append(record)
         wrong = label is not None and label != pred
         panels.append({"image": image, "cam": cam, "color": "darkred" if wrong or found else "black",
                        "title": f"{'FLAGGED: ' + found[0].split(' (')[0] + chr(10) if found else ''}"
-                                f"{name}\nlabel {label or 'unknown'}, pred {pred} (P {prob:.3f})\n"
+                                f"{name}\nlabel {label or 'unknown'}, {verdict_words(record)} (P {prob:.3f})\n"
                                 f"{record['target']} evidence: {record['region']}"})
     what = "image files" if args.images else f"{args.split} split"
     figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png", cols=grid_columns(len(panels)),
@@ -92,11 +94,18 @@ def main(args):
     write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "layer": args.layer,
                             "maps_per_second": round(len(images) / seconds, 1), "images": records})
     for r in records:
-        print(f"{r['image']:<40} label {str(r['label']):<9} pred {r['prediction']:<9} P {r['probability']:.3f}  "
+        print(f"{r['image']:<40} label {str(r['label']):<9} {verdict_words(r):<24} P {r['probability']:.3f}  "
               f"{r['target']} evidence: {r['region']}")
     print_flags(names, flags)
     print(f"wrote {figure} and {out}")
     return records
+
+
+def verdict_words(record) -> str:
+    """'pred pneumonia', or the prediction marked as withheld or borderline (pneumo.screening.status)."""
+    if record["status"] == "read":
+        return f"pred {record['prediction']}"
+    return f"{record['status'].upper()} ({record['prediction']})"
 
 
 def faithfulness(args, run, clf):

@@ -60,8 +60,9 @@ def main(args):
     clf.check_size(args.size)
     meta = build_archive(clf, args.data_root, args.split, IndexSpec.from_args(args), source, run, args.batch_size)
     ood, rows = meta.ood, meta.rows
-    print(f"out-of-distribution cut: nearest-case {args.metric} score {ood['threshold']:.3f} ({ood['percentile']:g}th "
-          f"percentile over {ood['n']} val images); val images flagged: {100 * ood['val_flagged_share']:.1f} %")
+    print(f"out-of-distribution screen: Mahalanobis distance to the train films' class means, cut at "
+          f"{ood['threshold'] ** 0.5:.1f} ({ood['percentile']:g}th percentile over {ood['n_val']} val films); val films "
+          f"flagged: {100 * ood['val_flagged_share']:.1f} %")
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
           f"{written_where(source)}")

@@ -24,7 +24,7 @@ from pneumo.pictures import load_inputs
 from pneumo.plots import plot_panels
 from pneumo.retrieval import DEFAULT_INDEX, exclusions, retrieval_scores, score_name, search
 from pneumo.runtime import print_run_header, resolve_device
-from pneumo.screening import nearest_score, print_flags, screen
+from pneumo.screening import describe_reference, print_flags, screen_inputs
 
 EVAL_KS = (1, 5, 10)
 GALLERY_QUERIES, GALLERY_NEIGHBOURS = 12, 10  # the most rows and cases per row the figure draws
@@ -60,8 +60,9 @@ def main(args):
 
     images, labels, names, keys = load_inputs(args.images, args.indices, args.data_root, args.split, clf.image_size,
                                               args.record_names)
-    results = search(index, index_meta, clf.embed(images, args.batch_size), args.k, exclusions(index_meta, keys))
-    flags = screen(images, args.images, [nearest_score(hits) for hits in results], index_meta.ood)
+    vectors = clf.embed(images, args.batch_size)
+    results = search(index, index_meta, vectors, args.k, exclusions(index_meta, keys))
+    flags = screen_inputs(clf, images, args.images, (index, index_meta), vectors)
     records = [{"query": name, "label": label, "flags": found, "neighbours": hits}
                for name, label, found, hits in zip(names, labels, flags, results)]
     for record in records:
@@ -113,13 +114,13 @@ def evaluate(args, run, clf, index, index_meta):
     vectors = clf.embed(images, args.batch_size, desc=f"embed {args.split}")
     keys = [(args.split, i) for i in range(len(labels))]
     hits = search(index, index_meta, vectors, max(max(EVAL_KS), args.k), exclusions(index_meta, keys))
-    flagged = [bool(f) for f in screen(images, None, [nearest_score(h) for h in hits], index_meta.ood)]
+    flagged = [bool(f) for f in screen_inputs(clf, images, None, (index, index_meta), vectors)]
     result = {**run, "checkpoint_sha256": clf.sha256, "index": ArchiveSource.from_args(args).describe(), "metric": index_meta.metric,
               "index_type": index_meta.build["index_type"], "archive": index_meta.build["splits"],
               "archive_size": index.ntotal, "split": args.split,
               "metrics": retrieval_scores(hits, labels, CLASS_NAMES, EVAL_KS, args.k),
               "flagged_share": float(sum(flagged) / len(flagged)), "flagged": int(sum(flagged)),
-              "ood_reference": index_meta.ood}
+              "ood_reference": describe_reference(index_meta.ood)}
     write_json_atomic(args.out / "task3_retrieval_eval.json", result)
     write_text_atomic(args.out / "task3_retrieval_eval.md", eval_markdown(result, args.k))
     print(eval_markdown(result, args.k))

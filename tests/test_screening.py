@@ -10,9 +10,14 @@ from pneumo.data import load_split
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.retrieval import load_index
-from pneumo.screening import file_flags, image_flags, ood_flags, screen_inputs
+from pneumo.screening import BORDERLINE, COMPONENTS, OOD_PERCENTILE, file_flags, fit_reference, image_flags, ood_flags, ood_scores, screen_inputs, status
 
-OOD = {"metric": "l2", "threshold": 3.0, "percentile": 99.5, "intensity": {"mean": [90.0, 190.0], "std": [13.0, 65.0]}}
+
+def gaussian_classes(rng, n, dim=48):
+    """Features of two classes with an anisotropic shared covariance (what a trained embedding looks like)."""
+    scales = np.geomspace(5, 0.05, dim)
+    labels = rng.integers(0, 2, n)
+    return rng.normal(size=(n, dim)) * scales + np.where(labels[:, None] == 1, 2.0, -2.0), labels
 
 
 def test_rules_on_made_up_inputs(tmp_path):
@@ -21,14 +26,34 @@ def test_rules_on_made_up_inputs(tmp_path):
     assert "too small to be a radiograph (16x40 px" in file_flags(tmp_path / "tiny.png")[0]
     assert file_flags(tmp_path / "narrow.png") == []  # the rule is the short side, at least 64 px
     assert "near-constant" in image_flags(np.full((28, 28), 77))[0]
-    film = np.random.default_rng(0).normal(140, 40, (28, 28)).clip(0, 255)
-    assert image_flags(film) == [] and ood_flags(film, 2.9, OOD) == []
-    assert "out of distribution" in ood_flags(film, 3.1, OOD)[0]
-    page = np.full((28, 28), 235.0) + np.random.default_rng(1).normal(0, 20, (28, 28))  # bright, with contrast
-    assert ood_flags(page, 1.0, OOD) == [f"grey levels unlike a radiograph (mean grey level {page.mean():.1f} "
-                                         f"outside val's 90.0-190.0)"]
-    similarity = {**OOD, "metric": "cosine", "threshold": 0.6}
-    assert ood_flags(film, 0.7, similarity) == [] and ood_flags(film, 0.5, similarity)
+    assert image_flags(np.random.default_rng(0).normal(140, 40, (28, 28)).clip(0, 255)) == []
+
+
+def test_the_mahalanobis_screen_on_known_gaussians():
+    """The distance is the Mahalanobis distance under the covariance the reference describes, the cut
+    flags about 1 % of val, and a point off the train manifold (small in every direction a Euclidean
+    distance would weigh) is flagged."""
+    rng = np.random.default_rng(0)
+    train, labels = gaussian_classes(rng, 4000)
+    val, _ = gaussian_classes(rng, 2000)
+    ref = fit_reference(train, labels, val)
+    assert ref["method"] == "mahalanobis_ppca" and len(ref["components"]) == COMPONENTS
+    v, var = np.asarray(ref["components"]), np.asarray(ref["variances"])
+    covariance = v.T @ np.diag(var) @ v + ref["noise_variance"] * (np.eye(v.shape[1]) - v.T @ v)
+    x = val[:5]
+    direct = np.min([np.einsum("ij,jk,ik->i", x - m, np.linalg.inv(covariance), x - m) for m in np.asarray(ref["means"])], axis=0)
+    np.testing.assert_allclose(ood_scores(x, ref), direct, rtol=1e-6)
+    assert abs(ref["val_flagged_share"] - (100 - OOD_PERCENTILE) / 100) < 0.005
+    off = np.asarray(ref["means"])[1].copy()
+    off[-1] += 3.0  # 60 standard deviations along the thinnest direction, a short step in Euclidean terms
+    assert ood_flags(ood_scores(off[None], ref)[0], ref)[0].startswith("out of distribution")
+    assert ood_flags(ood_scores(np.asarray(ref["means"])[:1], ref)[0], ref) == []
+
+
+def test_status_withholds_flagged_and_marks_borderline():
+    assert status(0.99, 0.5, ["out of distribution"]) == "withheld"
+    assert status(0.5 + BORDERLINE / 2, 0.5, []) == "borderline" and status(0.5 - BORDERLINE / 2, 0.5, []) == "borderline"
+    assert status(0.5 + 2 * BORDERLINE, 0.5, []) == "read" and status(0.01, 0.5, []) == "read"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +64,7 @@ def shipped():
 
 
 def not_radiographs(folder):
-    """A tiny image, a flat one, noise, a photograph-like scene and a page of text."""
+    """A tiny image, a flat one, noise, a photograph-like scene, a page of text and colour shapes on noise."""
     rng = np.random.default_rng(0)
     Image.new("L", (16, 16), 120).save(folder / "tiny.png")
     Image.new("L", (512, 512), 128).save(folder / "flat.png")
@@ -60,6 +85,11 @@ def not_radiographs(folder):
     for line in range(12):
         draw.text((20, 20 + 30 * line), f"Patient report {line}: chest film reviewed, nothing to add", fill=0)
     page.save(folder / "text.png")
+    shapes = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))  # the issue's colour photo
+    draw = ImageDraw.Draw(shapes)
+    for x, colour in ((60, (255, 0, 0)), (180, (0, 200, 0)), (290, (0, 0, 255))):
+        draw.ellipse((x - 50, 120, x + 50, 220), fill=colour)
+    shapes.save(folder / "shapes.png")
     return sorted(folder.iterdir())
 
 
@@ -85,4 +115,4 @@ def test_dataset_test_images_pass_but_for_a_few(shipped):
     clf, archive = shipped
     images, _ = load_split(REPO / "data", "test", clf.image_size)
     flagged = np.mean([bool(f) for f in screen_inputs(clf, images, None, archive)])
-    assert flagged < 0.05
+    assert flagged <= 0.02  # the issue's bound for real films (val, where the cut is set: about 1 %)

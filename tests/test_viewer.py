@@ -1,12 +1,12 @@
 """The case viewer's handlers, without a browser, on the shipped checkpoint and index and the real data."""
 import csv
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import REPO, files_under
+from pneumo.annotate import read_square
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.pictures import load_image_file
@@ -15,7 +15,6 @@ from viewer import app
 
 DATA = REPO / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "pneumoniamnist.npz").exists(), reason="dataset not set up in data/")
-OUTPUTS = ("state", "message", "verdict", "film", "overlay", "region", "gallery", "report", "md_file", "json_file")
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +32,17 @@ def project_files():
 
 
 def shown(result):
-    return dict(zip(OUTPUTS, result))
+    assert len(result) == len(app.OUTPUTS)
+    return dict(zip(app.OUTPUTS, result))
 
 
 def test_an_upload_gets_verdict_map_neighbours_and_report(viewer, film):
     out = shown(app.open_upload(viewer, str(film)))
     clf = Classifier.load(REPO / "models" / "task1_model.pth")
     p = float(clf.predict_proba(load_image_file(film, clf.image_size)[None])[0])
-    assert f"P(pneumonia) = {p:.3f}" in out["verdict"] and f"**{clf.label(p)}**" in out["verdict"]
+    assert f"P(pneumonia) = {p:.3f}" in out["verdict"] and f"**{clf.label(p)}" in out["verdict"]
     assert len(out["gallery"]) == 5 and all(img.shape == (28, 28) for img, _ in out["gallery"])
-    assert out["overlay"].shape == (224, 224, 3) and "Grad-CAM evidence for **pneumonia**" in out["region"]
+    assert out["overlay"].shape[1] == out["film"].shape[1] and "Grad-CAM evidence for **pneumonia**" in out["region"]
     assert f"| P(pneumonia) | {p:.3f} |" in out["report"] and "not a diagnosis" in out["report"]
     assert open(out["md_file"]).read() == out["report"]
     assert str(app.TEMP_ROOT) in out["md_file"] and out["json_file"].endswith(".json")
@@ -78,16 +78,25 @@ def test_class_choice_and_opacity_redraw_the_overlay(viewer):
     strong, region = app.restyle(viewer, case, "pneumonia", 1.0)
     faint, _ = app.restyle(viewer, case, "pneumonia", 0.0)
     other, other_region = app.restyle(viewer, case, "normal", 1.0)
-    film = np.asarray(Image.fromarray(case.small).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB"), dtype=float)
-    assert np.abs(faint - film).mean() < 3 < np.abs(strong - film).mean()  # opacity 0 is the film itself
+    film = viewer.film(case).astype(float)
+    assert np.array_equal(faint[:280], film) and np.abs(strong[:280] - film).mean() > 3  # opacity 0: the film as shown
     assert not np.array_equal(strong, other) and "**normal**" in other_region and "**pneumonia**" in region
 
 
-def test_clicking_a_neighbour_opens_it(viewer):
+def test_clicking_a_neighbour_shows_it_beside_the_case_which_stays(viewer):
+    """Issue 22, 3: a similar case is compared side by side; the case stays the case until the similar one
+    is opened on purpose."""
     case = shown(app.open_dataset(viewer, "test", 0))["state"]
-    first = case.classifier.neighbours[2]
-    opened = shown(app.open_neighbour(viewer, case, "pneumonia", 0.6, SimpleNamespace(index=2)))["state"]
-    assert opened.key == (first["split"], first["index"]) and opened.label == first["label"]
+    third = case.classifier.neighbours[2]
+    kept, picture, note = app.compare(viewer, case, 3)
+    assert kept is case and case.key == ("test", 0) and picture.shape == (280, 280 + 8 + 280, 3)
+    assert np.array_equal(picture[:, :280], viewer.film(case))  # the case on the left, as shown above
+    assert f"similar case #3, **{third['split']} #{third['index']}**, label {third['label']}" in note
+    assert "lower is closer" in note
+    assert app.compare(viewer, case, 9)[1] is None and "no similar case number 9" in app.compare(viewer, case, 9)[2]
+    opened = shown(app.open_compared(viewer, case, "pneumonia", 0.6))
+    assert opened["state"].key == (third["split"], third["index"]) and opened["state"].label == third["label"]
+    assert opened["compare"] is None  # a new case starts without a comparison
 
 
 @pytest.mark.parametrize("make,expected", [
@@ -121,7 +130,8 @@ def test_a_failed_new_input_leaves_nothing_of_the_previous_case(viewer, film, tm
         out = shown(app.open_dataset(viewer, "test", 10_000))
         assert "there is no case 10000 in the test split" in out["message"] and "--indices" not in out["message"]
     assert out["state"] is None and out["verdict"] == "" and out["region"] == "" and out["report"] == ""
-    assert out["film"] is None and out["overlay"] is None and out["gallery"] is None
+    assert out["film"] is None and out["overlay"] is None and out["gallery"] is None and out["neighbours"] == ""
+    assert out["compare"] is None and out["compare_note"] == ""
     assert out["md_file"] is None and out["json_file"] is None
     assert film.name not in "".join(str(v) for v in out.values())
 
@@ -135,7 +145,7 @@ def test_a_20000_pixel_side_is_read_and_flagged_not_crashed(viewer, tmp_path):
     path = tmp_path / "strip.png"
     Image.new("L", (20000, 40), 90).save(path)
     out = shown(app.open_upload(viewer, str(path)))
-    assert "too small to be a radiograph" in out["verdict"]
+    assert "too small to be a radiograph" in out["verdict"] and "verdict withheld" in out["verdict"]
 
 
 @pytest.mark.parametrize("split,index,expected", [("test", 624, "numbered 0 to 623"), ("test", -1, "there is no case -1"),
@@ -187,7 +197,7 @@ def test_controls_that_cannot_work_here_are_not_offered(viewer):
     narrative = next(b for b in blocks if getattr(b, "elem_id", None) == "narrative")
     assert narrative.visible is False
     pictures = [b for b in blocks if isinstance(b, (gr.Image, gr.Gallery))]
-    assert len(pictures) == 3 and all("share" not in (b.buttons or []) for b in pictures)
+    assert len(pictures) == 4 and all("share" not in (b.buttons or []) for b in pictures)
 
 
 def test_the_disclaimer_sits_with_the_verdict_and_the_report_names_each_neighbour(viewer):
@@ -200,6 +210,70 @@ def test_the_disclaimer_sits_with_the_verdict_and_the_report_names_each_neighbou
 
 def test_a_dataset_film_is_shown_enlarged_and_says_its_source_size(viewer):
     out = shown(app.open_dataset(viewer, "test", 0))
-    assert out["film"].shape == (280, 280) and out["overlay"].shape[:2] == (224, 224)
+    assert out["film"].shape == (280, 280, 3) and out["overlay"].shape[1] == 280
     assert "a 28×28 PneumoniaMNIST film, shown enlarged" in out["message"]
-    assert (out["film"][::10, ::10] == out["state"].small).all()  # every source pixel a 10x10 block, none invented
+    below_marks = out["film"][60::10, ::10, 0]  # every source pixel a 10x10 block, none invented
+    assert (below_marks == out["state"].small[6:]).all()
+
+
+def test_a_flagged_input_shows_its_flags_first_and_no_verdict(viewer, tmp_path):
+    """Issue 22, 2: the colour photo of shapes on noise the issue found read as pneumonia is flagged, and
+    the page, the report and the JSON withhold its verdict."""
+    from PIL import ImageDraw
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(photo)
+    for x, colour in ((60, (255, 0, 0)), (180, (0, 200, 0)), (290, (0, 0, 255))):
+        draw.ellipse((x - 50, 120, x + 50, 220), fill=colour)
+    photo.save(tmp_path / "shapes.png")
+    out = shown(app.open_upload(viewer, str(tmp_path / "shapes.png")))
+    verdict = out["verdict"]
+    assert verdict.startswith("### Input flagged: verdict withheld\n\n- out of distribution")
+    assert "Decision at the stored threshold" not in verdict and "not a reading" in verdict
+    assert "Research use only" in verdict
+    report = out["report"]
+    assert report.index("verdict withheld") < report.index("| P(pneumonia)") and "**withheld (input flagged" in report
+    assert '"status": "withheld"' in open(out["json_file"]).read()
+
+
+def test_a_probability_near_the_threshold_is_marked_borderline(viewer):
+    probs = viewer.probabilities("test")
+    index = int(np.argmin(np.abs(probs - viewer.clf.threshold)))
+    out = shown(app.open_dataset(viewer, "test", index))
+    if out["state"].classifier.flags:
+        pytest.skip("the nearest case to the threshold is flagged")
+    assert "· borderline" in out["verdict"] and "borderline (P within" in out["verdict"]
+    far = int(np.argmax(np.abs(probs - viewer.clf.threshold)))
+    assert "borderline" not in shown(app.open_dataset(viewer, "test", far))["verdict"]
+
+
+def test_the_overlay_lies_on_the_film_as_shown_with_marks_and_scale(viewer, film):
+    """Issue 22, 3: an upload's map covers the centre square the classifier read, on the film as shown (not
+    a smaller crop), the film outside it untouched; orientation marks at the top corners; a colour scale
+    under it, blue on the left and red on the right."""
+    out = shown(app.open_upload(viewer, str(film), opacity=1.0))
+    shown_film, heat = out["film"], out["overlay"]
+    height, width = shown_film.shape[:2]
+    assert width != height  # the samples are wider than tall: the map covers the middle only
+    left, top, side = read_square(shown_film.shape)
+    assert heat.shape[1] == width and heat.shape[0] > height
+    outside = np.ones((height, width), bool)
+    outside[top:top + side, left:left + side] = False
+    outside[:height // 8] = False  # the marks
+    assert np.array_equal(heat[:height][outside], shown_film[outside])
+    assert np.abs(heat[top:top + side, left + 1:left + side - 1].astype(float) - shown_film[top:top + side, left + 1:left + side - 1]).mean() > 5
+    raw = np.asarray(Image.fromarray(out["state"].display).convert("RGB"))
+    changed = np.argwhere((shown_film != raw).any(axis=2))
+    assert len(changed) and changed[:, 0].max() < height // 8  # marks only, at the top
+    assert changed[:, 1].min() < width // 8 and changed[:, 1].max() > width - width // 8  # at both corners
+    bar = heat[height + 4].astype(int)
+    assert bar[2, 2] > bar[2, 0] and bar[-3, 0] > bar[-3, 2]  # blue at the left end, red at the right
+
+
+def test_the_neighbours_are_listed_in_full_and_the_report_is_dated(viewer):
+    out = shown(app.open_dataset(viewer, "test", 0))
+    assert "| # | label | distance (lower is closer) | split | index |" in out["neighbours"]
+    for h in out["state"].classifier.neighbours:
+        assert f"| {h['rank']} | {h['label']} | {h['score']:.3f} | {h['split']} | {h['index']} |" in out["neighbours"]
+    assert f"Analysed: {out['state'].classifier.analysed} (UTC)" in out["report"]
+    assert out["state"].classifier.analysed.startswith("20")

@@ -20,11 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pneumo.annotate import side_by_side
 from pneumo.archive import ArchiveSource
+from pneumo.cases import CLOSER
 from pneumo.cli import add_shared_flags, make_parser, ranged
 from pneumo.data import CLASS_NAMES, SPLITS
 from pneumo.errors import run_script
-from pneumo.retrieval import DEFAULT_INDEX
+from pneumo.retrieval import DEFAULT_INDEX, score_name
 from pneumo.runtime import UserError, resolve_device
 from pneumo.viewer import OUTCOMES, CaseViewer
 from pneumo.vlm import DEFAULT_VLM, VlmSession, load_vlm
@@ -65,21 +67,46 @@ def make_viewer(args):
 
 
 # ---- handlers: plain functions of the viewer and the page's values, tested without a browser ------
-def show(viewer, case, target="pneumonia", opacity=0.6):
-    """Everything the page shows for an analysed case, in the order of `outputs` below."""
+OUTPUTS = ("state", "message", "verdict", "film", "overlay", "region", "gallery", "neighbours", "compare",
+           "compare_note", "report", "md_file", "json_file")
+
+
+def verdict_text(case):
+    """The verdict as a reader should take it: a flagged input's flags first and no verdict (its output
+    shown as unreliable), a borderline probability marked, and the disclaimer beside it."""
     c = case.classifier
-    verdict = [f"### P(pneumonia) = {c.probability:.3f}",
-               f"Decision at the stored threshold {c.threshold:.3f} (chosen on val): **{c.prediction}**"
-               + (f" · truth: {case.label}" if case.label else "")]
-    if c.flags:
-        verdict.append("**Input flagged, treat the answer with suspicion:** " + "; ".join(c.flags))
-    verdict.append("*Research use only, not a diagnosis.*")  # beside the verdict, not below the fold
-    gallery = [(film, f"{h['label']} · {h['score']:.2f} · {h['split']} #{h['index']}")
-               for film, h in zip(case.neighbour_films, c.neighbours or [])]
+    truth = f" · truth: {case.label}" if case.label else ""
+    if c.status == "withheld":
+        lines = ["### Input flagged: verdict withheld", *[f"- {flag}" for flag in c.flags],
+                 f"The classifier's output on it is not a reading (unreliable: P(pneumonia) = {c.probability:.3f}, "
+                 f"which would be called {c.prediction} at the threshold {c.threshold:.3f}){truth}."]
+    else:
+        mark = " · borderline" if c.status == "borderline" else ""
+        lines = [f"### P(pneumonia) = {c.probability:.3f}{mark}",
+                 f"Decision at the stored threshold {c.threshold:.3f} (chosen on val): **{c.verdict}**{truth}"]
+    lines.append(f"*Research use only, not a diagnosis.* Analysed {c.analysed} UTC.")
+    return "\n\n".join(lines)
+
+
+def neighbours_table(case):
+    """Each similar case in full: rank, label, distance (and what it means), split and index."""
+    c = case.classifier
+    if not c.neighbours:
+        return ""
+    word = score_name(c.metric)
+    rows = [f"| {h['rank']} | {h['label']} | {h['score']:.3f} | {h['split']} | {h['index']} |" for h in c.neighbours]
+    return "\n".join([f"| # | label | {word} ({CLOSER[c.metric].lstrip(': ')}) | split | index |",
+                      "|---|---|---|---|---|", *rows])
+
+
+def show(viewer, case, target="pneumonia", opacity=0.6):
+    """Everything the page shows for an analysed case, in the order of OUTPUTS."""
+    c = case.classifier
+    gallery = [(film, f"#{h['rank']} {h['label']}") for film, h in zip(case.neighbour_films, c.neighbours or [])]
     source = f" (a {len(case.small)}×{len(case.small)} PneumoniaMNIST film, shown enlarged)" if case.key else ""
-    return (case, f"Showing **{case.name}**{source}.", "\n\n".join(verdict), case.display,
+    return (case, f"Showing **{case.name}**{source}.", verdict_text(case), viewer.film(case),
             viewer.overlay(case, target, opacity), region_text(viewer, case, target),
-            gallery if gallery else None, *report_files(viewer, case))
+            gallery if gallery else None, neighbours_table(case), None, "", *report_files(viewer, case))
 
 
 def report_files(viewer, case):
@@ -100,13 +127,7 @@ def region_text(viewer, case, target):
 def failed(message):
     """A new input that could not be opened: the message, and every other output cleared, so that no
     verdict, map, neighbour or report of the previous case stays on screen under it."""
-    return (None, f"**Could not open this case:** {message}", "", None, None, "", None, "", None, None)
-
-
-def not_opened(message):
-    """A request about the case on screen that cannot be met: the message; the case stays as it is."""
-    import gradio as gr
-    return (gr.skip(), message, *[gr.skip()] * 8)
+    return (None, f"**Could not open this case:** {message}", "", None, None, "", None, "", None, "", "", None, None)
 
 
 def open_upload(viewer, path, target="pneumonia", opacity=0.6):
@@ -127,11 +148,34 @@ def open_dataset(viewer, split, index, target="pneumonia", opacity=0.6):
         return failed(str(err))
 
 
-def open_neighbour(viewer, case, target, opacity, evt):
-    hits = (case.classifier.neighbours if case is not None and case.classifier is not None else None) or []
-    if evt is None or not 0 <= evt.index < len(hits):
-        return not_opened(f"Showing **{case.name}**. No such similar case." if case is not None else "Open a case first.")
-    return open_dataset(viewer, hits[evt.index]["split"], hits[evt.index]["index"], target, opacity)
+def compare(viewer, case, rank):
+    """(case, side-by-side picture, its words) for the similar case of that rank beside the case, which
+    stays the case on screen; the rank is kept on the case for 'Open it as the case'."""
+    if case is None:
+        return None, None, "Open a case first."
+    try:
+        hit, film = viewer.neighbour(case, rank)
+    except UserError as err:
+        return case, None, str(err)
+    case.compared = rank
+    word = score_name(case.classifier.metric)
+    return case, side_by_side(viewer.film(case), film), (
+        f"Left: **{case.name}** (the case). Right: similar case #{rank}, **{hit['split']} #{hit['index']}**, "
+        f"label {hit['label']}, {word} {hit['score']:.3f} ({CLOSER[case.classifier.metric].lstrip(': ')}).")
+
+
+def open_compared(viewer, case, target, opacity):
+    """The compared similar case opened as the case."""
+    if case is None or not case.compared:
+        named = f"Showing **{case.name}**. " if case is not None else ""
+        return (gr_skip(), f"{named}Click a similar case first, then open it.", *[gr_skip()] * (len(OUTPUTS) - 2))
+    hit = case.classifier.neighbours[case.compared - 1]
+    return open_dataset(viewer, hit["split"], hit["index"], target, opacity)
+
+
+def gr_skip():
+    import gradio as gr
+    return gr.skip()
 
 
 def restyle(viewer, case, target, opacity):
@@ -218,8 +262,14 @@ def build(viewer):
                     target = gr.Radio(list(CLASS_NAMES), value="pneumonia", label="Evidence for")
                     opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
                 region = gr.Markdown(elem_id="region")
-                gallery = gr.Gallery(label="Most similar archived cases (click to open)", columns=5, height=200,
-                                     allow_preview=False, elem_id="neighbours", buttons=LOCAL_BUTTONS)
+                gallery = gr.Gallery(label="Most similar archived cases (click one to compare)", columns=5, height=200,
+                                     allow_preview=False, elem_id="gallery", buttons=LOCAL_BUTTONS)
+                neighbours = gr.Markdown(elem_id="neighbours")
+                with gr.Accordion("Side by side", open=True):
+                    compare_picture = gr.Image(label="The case (left) beside the similar case clicked (right)",
+                                               interactive=False, height=300, buttons=LOCAL_BUTTONS, elem_id="compare")
+                    compare_note = gr.Markdown(elem_id="compare-note")
+                    open_other = gr.Button("Open the similar case as the case", elem_id="open-compared")
                 with gr.Accordion("Report", open=True):
                     # offered only where it can work: a VLM loaded at start-up (--vlm auto on a GPU)
                     narrative = gr.Button("Write the VLM narrative", elem_id="narrative", visible=viewer.vlm is not None)
@@ -229,7 +279,8 @@ def build(viewer):
                         json_file = gr.DownloadButton("Download JSON", elem_id="download-json")
         gr.Markdown(footer(viewer), elem_id="footer")
 
-        outputs = [state, message, verdict, film, heat, region, gallery, report, md_file, json_file]
+        outputs = [state, message, verdict, film, heat, region, gallery, neighbours, compare_picture, compare_note,
+                   report, md_file, json_file]
         analyse.click(lambda p, t, o: open_upload(viewer, p, t, o), [upload, target, opacity], outputs, api_name="analyse_upload")
         open_case.click(lambda s, i, t, o: open_dataset(viewer, s, i, t, o), [split, index, target, opacity], outputs,
                         api_name="open_dataset")
@@ -238,9 +289,10 @@ def build(viewer):
             control.change(lambda *v: refilter(viewer, *v), filters, [matches, count], api_name=False)
         matches.change(lambda i: i if i is not None else gr.skip(), matches, index, api_name=False)
 
-        def on_select(case, t, o, evt: gr.SelectData):
-            return open_neighbour(viewer, case, t, o, evt)
-        gallery.select(on_select, [state, target, opacity], outputs, api_name=False)
+        def on_select(case, evt: gr.SelectData):
+            return compare(viewer, case, evt.index + 1)
+        gallery.select(on_select, state, [state, compare_picture, compare_note], api_name=False)
+        open_other.click(lambda c, t, o: open_compared(viewer, c, t, o), [state, target, opacity], outputs, api_name=False)
         for control in (target, opacity):
             control.change(lambda c, t, o: restyle(viewer, c, t, o), [state, target, opacity], [heat, region], api_name=False)
         narrative.click(lambda c: write_narrative(viewer, c), state, [state, message, report, md_file, json_file],
@@ -258,7 +310,8 @@ def main(args):
     # quiet without --share: the line above says where it serves, and Gradio's own banner would advise
     # `share=True` in `launch()`, where this script's flag is --share; with --share it prints the public link
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                  show_error=False, quiet=not args.share)
+                                                  show_error=False, quiet=not args.share, run_history=False,
+                                                  footer_links=["api"])
 
 
 if __name__ == "__main__":

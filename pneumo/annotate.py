@@ -1,0 +1,86 @@
+"""The pictures the case viewer shows, marked for a reader: the film with its orientation (a frontal chest
+film shows the patient's right on the image's left), the Grad-CAM map laid over that same film where the
+classifier looked (the centre square of a user's file, the whole of a dataset film), and a colour scale
+saying what red and blue mean."""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SCALE_HEIGHT = 16  # px of the colour bar under the overlay
+COLORMAP = "jet"   # as pneumo.explain.overlay draws the figures: red = strongest evidence, blue = least
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def read_square(shape) -> tuple:
+    """(left, top, side) of the centre square the classifier reads from a picture of this shape: the crop
+    pneumo.pictures.load_image_file takes before resizing."""
+    height, width = shape[:2]
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def _marks(img: Image.Image) -> Image.Image:
+    """'R' at the top left and 'L' at the top right, white on a dark box, sized to the picture."""
+    draw = ImageDraw.Draw(img)
+    size = max(12, img.width // 20)
+    font = _font(size)
+    for text, x in (("R", size // 3), ("L", img.width - size - size // 3)):
+        box = draw.textbbox((x, size // 3), text, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.text((x, size // 3), text, fill=(255, 255, 255), font=font)
+    return img
+
+
+def marked_film(display: np.ndarray) -> np.ndarray:
+    """The film as shown, RGB, with its orientation marks."""
+    return np.asarray(_marks(Image.fromarray(display).convert("RGB")))
+
+
+def aligned_overlay(display: np.ndarray, cam_map, strength=0.6, target="pneumonia") -> np.ndarray:
+    """The map over the film as shown (`display`, grey uint8), inside the centre square the classifier reads
+    (read_square; all of a square film) and untouched outside it, with a thin outline of that square, the
+    orientation marks and a colour scale underneath. The colour's opacity follows the map (up to
+    `strength` at its peak), so where the map is cold the film shows through."""
+    from matplotlib import colormaps
+    film = Image.fromarray(display).convert("RGB")
+    left, top, side = read_square((film.height, film.width))
+    cam = np.asarray(Image.fromarray(np.asarray(cam_map, dtype=np.float32)).resize((side, side), Image.Resampling.BILINEAR))
+    cam = np.clip(cam, 0, 1)
+    patch = np.asarray(film.crop((left, top, left + side, top + side)), dtype=np.float32) / 255
+    alpha = strength * cam[..., None]
+    blended = (1 - alpha) * patch + alpha * colormaps[COLORMAP](cam)[..., :3]
+    film.paste(Image.fromarray(np.uint8(np.round(255 * blended))), (left, top))
+    draw = ImageDraw.Draw(film)
+    if (side, side) != film.size:  # where the classifier looked, on a film wider or taller than that
+        draw.rectangle((left, top, left + side - 1, top + side - 1), outline=(255, 255, 255), width=1)
+    return np.asarray(_with_scale(_marks(film), target))
+
+
+def _with_scale(img: Image.Image, target: str) -> Image.Image:
+    """The picture with a colour bar and its words under it."""
+    from matplotlib import colormaps
+    font = _font(max(10, min(14, img.width // 32)))
+    words_height = font.size + 6
+    out = Image.new("RGB", (img.width, img.height + SCALE_HEIGHT + 2 * words_height), (255, 255, 255))
+    out.paste(img, (0, 0))
+    bar = np.uint8(255 * colormaps[COLORMAP](np.linspace(0, 1, img.width))[:, :3])
+    out.paste(Image.fromarray(np.repeat(bar[None], SCALE_HEIGHT, axis=0)), (0, img.height))
+    draw = ImageDraw.Draw(out)
+    y = img.height + SCALE_HEIGHT + 2
+    draw.text((2, y), "blue: little", fill=(0, 0, 0), font=font)
+    right = "red: strongest"
+    draw.text((img.width - draw.textlength(right, font=font) - 2, y), right, fill=(0, 0, 0), font=font)
+    draw.text((2, y + words_height), f"evidence for {target}, relative to this film", fill=(0, 0, 0), font=font)
+    return out
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, height: int = 280, gap: int = 8) -> np.ndarray:
+    """Two RGB pictures at one height, left and right, with a white gap: a case beside a similar case."""
+    parts = [Image.fromarray(p).convert("RGB") for p in (left, right)]
+    parts = [p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.LANCZOS) for p in parts]
+    out = Image.new("RGB", (parts[0].width + gap + parts[1].width, height), (255, 255, 255))
+    out.paste(parts[0], (0, 0))
+    out.paste(parts[1], (parts[0].width + gap, 0))
+    return np.asarray(out)
