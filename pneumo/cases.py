@@ -19,7 +19,7 @@ from .impression import parse_impression
 from .pictures import read_picture
 from .retrieval import exclusions, score_name, search
 from .runtime import UserError
-from .screening import BORDERLINE, screen_inputs, status
+from .screening import BORDERLINE, region_words, screen_inputs, status
 from .vlm import build_messages, generate
 
 NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "score")
@@ -132,7 +132,7 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
     for case, prob, cam, hits, found in zip(cases, probs, maps, neighbours, flags):
         case.classifier = ClassifierBlock(
             checkpoint_sha256=clf.sha256, probability=round(float(prob), 4), threshold=round(clf.threshold, 4),
-            prediction=clf.label(prob), region=coarse_region(cam), flags=found, status=status(prob, clf.threshold, found), analysed=when,
+            prediction=clf.label(prob), region=region_words(coarse_region(cam), found), flags=found, status=status(prob, clf.threshold, found), analysed=when,
             neighbours=[{f: h[f] for f in NEIGHBOUR_FIELDS} for h in hits] if hits else None,
             metric=archive[1].metric if archive is not None else None)
     return flags
@@ -181,7 +181,7 @@ def markdown_report(case, records, written_by):
     lines = [f"# Chest X-ray report: {case.name}", ""]
     if c.flags:
         lines += ["**Input flagged, verdict withheld; treat every answer below with suspicion:** " + "; ".join(c.flags) + ".", ""]
-    lines += [f"Analysed: {c.analysed or 'unknown'} (UTC). Ground truth: {case.label or 'unknown (user image)'}.", "",
+    lines += [f"Analysed: {c.analysed or 'unknown'}. Ground truth: {case.label or 'unknown (user image)'}.", "",
              "| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
              f"| P(pneumonia) | {c.probability:.3f} |",
              f"| Decision at val threshold {c.threshold:.3f} | **{c.verdict}** |",

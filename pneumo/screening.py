@@ -127,6 +127,12 @@ def status(probability: float, threshold: float, flags) -> str:
     return "borderline" if abs(probability - threshold) < BORDERLINE else "read"
 
 
+def region_words(region: str, flags) -> str:
+    """Where a map puts its evidence, in the patient's terms; not named for a flagged input (a photograph
+    has no right lung)."""
+    return "not named: the input is flagged" if flags else region
+
+
 def print_flags(names, flags) -> None:
     for name, found in zip(names, flags):
         for flag in found:

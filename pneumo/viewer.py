@@ -17,6 +17,7 @@ from .explain import coarse_region
 from .model import EMBEDDING_DIM
 from .pictures import load_image_file, read_picture
 from .runtime import UserError
+from .screening import region_words
 from .vlm import VlmSession
 
 WRITTEN_BY = "viewer/app.py"
@@ -115,7 +116,7 @@ class CaseViewer:
         return hits[rank - 1], marked_film(enlarged(case.neighbour_films[rank - 1]))
 
     def region(self, case, target="pneumonia"):
-        return coarse_region(case.maps[target])
+        return region_words(coarse_region(case.maps[target]), case.classifier.flags)
 
     def narrate(self, case, strategy="context_aware", max_new_tokens=300):
         """The VLM's narrative for the case, on request; a clear error when no VLM is loaded."""

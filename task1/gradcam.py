@@ -27,7 +27,7 @@ from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import print_run_header, resolve_device, seed_everything
-from pneumo.screening import print_flags, screen_inputs, status
+from pneumo.screening import print_flags, region_words, screen_inputs, status
 
 LAYERS = ("layer3", "layer4")
 
@@ -79,7 +79,7 @@ def main(args):
         pred = clf.label(prob)
         record = {"image": name, "label": label, "probability": float(prob), "prediction": pred,
                   "status": status(prob, clf.threshold, found), "target": CLASS_NAMES[target],
-                  "region": coarse_region(cam), "flags": found}
+                  "region": region_words(coarse_region(cam), found), "flags": found}
         records.append(record)
         wrong = label is not None and label != pred
         panels.append({"image": image, "cam": cam, "color": "darkred" if wrong or found else "black",

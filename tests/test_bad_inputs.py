@@ -349,6 +349,7 @@ def swap_first_labels(meta):
     (lambda meta: meta["rows"].insert(0, meta["rows"].pop()), False, "changed after the build"),
     (lambda meta: meta.pop("ood"), False, "changed after the build"),
     (lambda meta: meta.pop("ood"), True, "no out-of-distribution reference"),
+    (lambda meta: meta.update(ood={"metric": "l2", "threshold": 3.0, "percentile": 99.5}), True, "of an older kind"),
     (lambda meta: meta.pop("meta_sha256"), False, "records no digest of its metadata"),
 ])
 def test_an_edited_archive_sidecar_is_refused(edit, redigest, message, trained_checkpoint, synthetic_root, bad, tmp_path):

@@ -45,7 +45,7 @@ def test_l2_distances_are_euclidean_and_self_is_excluded():
 
 def test_saved_index_is_refused_for_another_checkpoint(tmp_path):
     vectors = np.eye(4, dtype=np.float32)
-    save_index(build_index(vectors), ArchiveMeta("l2", rows_for(4), checkpoint_sha256="a" * 64, ood={}), tmp_path / "i.faiss")
+    save_index(build_index(vectors), ArchiveMeta("l2", rows_for(4), checkpoint_sha256="a" * 64, ood={"method": "mahalanobis_ppca"}), tmp_path / "i.faiss")
     index, meta = load_index(tmp_path / "i.faiss", "a" * 64)
     assert index.ntotal == 4 and meta.rows[1]["label"] == "pneumonia"
     with pytest.raises(UserError, match="another checkpoint"):

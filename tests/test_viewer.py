@@ -234,6 +234,7 @@ def test_a_flagged_input_shows_its_flags_first_and_no_verdict(viewer, tmp_path):
     report = out["report"]
     assert report.index("verdict withheld") < report.index("| P(pneumonia)") and "**withheld (input flagged" in report
     assert '"status": "withheld"' in open(out["json_file"]).read()
+    assert "not named: the input is flagged" in out["region"] and "| Grad-CAM evidence (pneumonia) | not named" in report
 
 
 def test_a_probability_near_the_threshold_is_marked_borderline(viewer):
@@ -275,5 +276,5 @@ def test_the_neighbours_are_listed_in_full_and_the_report_is_dated(viewer):
     assert "| # | label | distance (lower is closer) | split | index |" in out["neighbours"]
     for h in out["state"].classifier.neighbours:
         assert f"| {h['rank']} | {h['label']} | {h['score']:.3f} | {h['split']} | {h['index']} |" in out["neighbours"]
-    assert f"Analysed: {out['state'].classifier.analysed} (UTC)" in out["report"]
+    assert f"Analysed: {out['state'].classifier.analysed}." in out["report"]
     assert out["state"].classifier.analysed.startswith("20")

@@ -87,11 +87,26 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         page.click("#analyse")
         expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =", timeout=60_000)
         assert re.search(r"P\(pneumonia\) = 0\.\d{3}", page.inner_text("#verdict"))
-        expect(page.locator("#neighbours img")).to_have_count(5)
+        expect(page.locator("#gallery img")).to_have_count(5)
+        expect(page.locator("#neighbours")).to_contain_text("distance (lower is closer)")
+        expect(page.locator("#verdict")).to_contain_text("Research use only, not a diagnosis")
         expect(page.locator("#report")).to_contain_text(f"Chest X-ray report: {upload_file.name}")
         expect(page.locator("#footer")).to_contain_text("Research use only, not a diagnosis")
         screenshot = Path(os.environ.get("VIEWER_SCREENSHOT") or tmp_path / "viewer.png")
         page.screenshot(path=str(screenshot), full_page=True)
+
+        # a similar case beside the case, which stays on screen
+        page.locator("#gallery img").first.click()
+        expect(page.locator("#compare-note")).to_contain_text("similar case #1", timeout=30_000)
+        expect(page.locator("#compare img")).to_have_count(1)
+        expect(page.locator("#message")).to_contain_text(f"Showing {upload_file.name}")
+
+        # nothing of a case is kept in the browser: no run history, no storage, nothing after a reload
+        stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
+        assert upload_file.name not in stored and "pneumonia" not in stored.lower(), stored[:500]
+        page.reload()
+        expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
+        assert upload_file.name not in page.content()
 
         # a dataset case through the Dataset tab
         page.get_by_role("tab", name="Dataset").click()
@@ -112,13 +127,38 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         expect(page.locator("#message")).to_contain_text("notes.png is not a readable image")
         # nothing of the previous case (test #0) stays under the message: verdict, neighbours, report all gone
         expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
-        expect(page.locator("#neighbours img")).to_have_count(0)
+        expect(page.locator("#gallery img")).to_have_count(0)
+        expect(page.locator("#neighbours")).not_to_contain_text("distance")
         expect(page.locator("#report")).not_to_contain_text("Chest X-ray report")
         expect(page.locator("#region")).not_to_contain_text("Grad-CAM evidence")
+
+        # a colour photo, not a chest film: flagged first, and no verdict as if it were a read
+        photo = tmp_path / "shapes.png"
+        colour_photo(photo)
+        page.locator("#upload button[aria-label='Clear']").click()
+        page.set_input_files("#upload input[type=file]", str(photo))
+        expect(page.locator("#upload a[href$='shapes.png']")).to_have_count(1, timeout=20_000)
+        page.click("#analyse")
+        expect(page.locator("#verdict")).to_contain_text("Input flagged: verdict withheld", timeout=60_000)
+        expect(page.locator("#verdict")).to_contain_text("out of distribution")
+        expect(page.locator("#verdict")).not_to_contain_text("Decision at the stored threshold")
+        expect(page.locator("#report")).to_contain_text("verdict withheld")
         browser.close()
     assert proc.poll() is None, "the server stopped"
     assert not outside, f"the page called out: {outside[:5]}"
     assert Image.open(screenshot).size[0] == 1400
+
+
+def colour_photo(path):
+    """The kind of picture the issue found read as pneumonia: colour shapes on noise."""
+    import numpy as np
+    from PIL import ImageDraw
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(photo)
+    for x, colour in ((80, (255, 0, 0)), (200, (0, 200, 0)), (320, (0, 0, 255))):
+        draw.ellipse((x - 50, 100, x + 50, 200), fill=colour)
+    photo.save(path)
 
 
 def test_the_server_serves_no_file_outside_its_own(server):

@@ -84,7 +84,7 @@ def verdict_text(case):
         mark = " · borderline" if c.status == "borderline" else ""
         lines = [f"### P(pneumonia) = {c.probability:.3f}{mark}",
                  f"Decision at the stored threshold {c.threshold:.3f} (chosen on val): **{c.verdict}**{truth}"]
-    lines.append(f"*Research use only, not a diagnosis.* Analysed {c.analysed} UTC.")
+    lines.append(f"*Research use only, not a diagnosis.* Analysed {c.analysed}.")
     return "\n\n".join(lines)
 
 
