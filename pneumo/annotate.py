@@ -22,14 +22,16 @@ def read_square(shape) -> tuple:
 
 
 def _marks(img: Image.Image) -> Image.Image:
-    """'R' at the top left and 'L' at the top right, white on a dark box, sized to the picture."""
+    """'R' at the bottom left and 'L' at the bottom right, white on a dark box, sized to the picture (the
+    top corners are where a page puts its labels and buttons)."""
     draw = ImageDraw.Draw(img)
     size = max(12, img.width // 20)
     font = _font(size)
+    y = img.height - size - size // 2
     for text, x in (("R", size // 3), ("L", img.width - size - size // 3)):
-        box = draw.textbbox((x, size // 3), text, font=font)
+        box = draw.textbbox((x, y), text, font=font)
         draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
-        draw.text((x, size // 3), text, fill=(255, 255, 255), font=font)
+        draw.text((x, y), text, fill=(255, 255, 255), font=font)
     return img
 
 

@@ -212,8 +212,8 @@ def test_a_dataset_film_is_shown_enlarged_and_says_its_source_size(viewer):
     out = shown(app.open_dataset(viewer, "test", 0))
     assert out["film"].shape == (280, 280, 3) and out["overlay"].shape[1] == 280
     assert "a 28×28 PneumoniaMNIST film, shown enlarged" in out["message"]
-    below_marks = out["film"][60::10, ::10, 0]  # every source pixel a 10x10 block, none invented
-    assert (below_marks == out["state"].small[6:]).all()
+    above_marks = out["film"][:220:10, ::10, 0]  # every source pixel a 10x10 block, none invented
+    assert (above_marks == out["state"].small[:22]).all()
 
 
 def test_a_flagged_input_shows_its_flags_first_and_no_verdict(viewer, tmp_path):
@@ -250,7 +250,7 @@ def test_a_probability_near_the_threshold_is_marked_borderline(viewer):
 
 def test_the_overlay_lies_on_the_film_as_shown_with_marks_and_scale(viewer, film):
     """Issue 22, 3: an upload's map covers the centre square the classifier read, on the film as shown (not
-    a smaller crop), the film outside it untouched; orientation marks at the top corners; a colour scale
+    a smaller crop), the film outside it untouched; orientation marks at the bottom corners; a colour scale
     under it, blue on the left and red on the right."""
     out = shown(app.open_upload(viewer, str(film), opacity=1.0))
     shown_film, heat = out["film"], out["overlay"]
@@ -260,12 +260,12 @@ def test_the_overlay_lies_on_the_film_as_shown_with_marks_and_scale(viewer, film
     assert heat.shape[1] == width and heat.shape[0] > height
     outside = np.ones((height, width), bool)
     outside[top:top + side, left:left + side] = False
-    outside[:height // 8] = False  # the marks
+    outside[-height // 6:] = False  # the marks
     assert np.array_equal(heat[:height][outside], shown_film[outside])
     assert np.abs(heat[top:top + side, left + 1:left + side - 1].astype(float) - shown_film[top:top + side, left + 1:left + side - 1]).mean() > 5
     raw = np.asarray(Image.fromarray(out["state"].display).convert("RGB"))
     changed = np.argwhere((shown_film != raw).any(axis=2))
-    assert len(changed) and changed[:, 0].max() < height // 8  # marks only, at the top
+    assert len(changed) and changed[:, 0].min() > height - height // 6  # marks only, at the bottom
     assert changed[:, 1].min() < width // 8 and changed[:, 1].max() > width - width // 8  # at both corners
     bar = heat[height + 4].astype(int)
     assert bar[2, 2] > bar[2, 0] and bar[-3, 0] > bar[-3, 2]  # blue at the left end, red at the right

@@ -92,21 +92,14 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         expect(page.locator("#verdict")).to_contain_text("Research use only, not a diagnosis")
         expect(page.locator("#report")).to_contain_text(f"Chest X-ray report: {upload_file.name}")
         expect(page.locator("#footer")).to_contain_text("Research use only, not a diagnosis")
-        screenshot = Path(os.environ.get("VIEWER_SCREENSHOT") or tmp_path / "viewer.png")
-        page.screenshot(path=str(screenshot), full_page=True)
 
         # a similar case beside the case, which stays on screen
         page.locator("#gallery img").first.click()
         expect(page.locator("#compare-note")).to_contain_text("similar case #1", timeout=30_000)
         expect(page.locator("#compare img")).to_have_count(1)
         expect(page.locator("#message")).to_contain_text(f"Showing {upload_file.name}")
-
-        # nothing of a case is kept in the browser: no run history, no storage, nothing after a reload
-        stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
-        assert upload_file.name not in stored and "pneumonia" not in stored.lower(), stored[:500]
-        page.reload()
-        expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
-        assert upload_file.name not in page.content()
+        screenshot = Path(os.environ.get("VIEWER_SCREENSHOT") or tmp_path / "viewer.png")
+        page.screenshot(path=str(screenshot), full_page=True)
 
         # a dataset case through the Dataset tab
         page.get_by_role("tab", name="Dataset").click()
@@ -143,6 +136,13 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         expect(page.locator("#verdict")).to_contain_text("out of distribution")
         expect(page.locator("#verdict")).not_to_contain_text("Decision at the stored threshold")
         expect(page.locator("#report")).to_contain_text("verdict withheld")
+
+        # nothing of a case is kept in the browser: no run history, no storage, nothing after a reload
+        stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
+        assert upload_file.name not in stored and "shapes.png" not in stored and "pneumonia" not in stored.lower(), stored[:500]
+        page.reload()
+        expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
+        assert upload_file.name not in page.content() and "shapes.png" not in page.content()
         browser.close()
     assert proc.poll() is None, "the server stopped"
     assert not outside, f"the page called out: {outside[:5]}"
