@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SIDE = 256
+TUNE_KINDS = ("colour_shapes_on_noise", "text_page", "grey_gradient", "uniform_noise", "colour_blobs")
+HELD_OUT_KINDS = ("stripes_or_checkerboard", "large_type_sign", "ruled_document", "colour_gradient", "salt_and_pepper_grey")
 
 
 def _save(array_or_image, path: Path) -> Path:
@@ -91,7 +93,7 @@ def generated_tune(out: Path, n: int = 100, seed: int = 0) -> list:
             img = Image.fromarray(rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8))
         else:  # smooth colour blobs
             img = Image.fromarray(_uint8(rng.normal(size=(8, 8, 3)))).resize((SIDE, SIDE), Image.Resampling.BICUBIC)
-        paths.append(_save(img, out / f"generated_{kind}_{i}.png"))
+        paths.append(_save(img, out / f"{TUNE_KINDS[kind]}_{i}.png"))
     return paths
 
 
@@ -132,7 +134,7 @@ def generated_held_out(out: Path, n: int = 100, seed: int = 1) -> list:
             mask = rng.random((SIDE, SIDE))
             a[mask < 0.05], a[mask > 0.95] = 0, 255
             img = Image.fromarray(a)
-        paths.append(_save(img, out / f"generated_{kind}_{i}.png"))
+        paths.append(_save(img, out / f"{HELD_OUT_KINDS[kind]}_{i}.png"))
     return paths
 
 
@@ -284,6 +286,13 @@ def markdown(result):
            for r in result["groups"]]
     md += ["", "| summary | n | flagged | rate |", "|---|---|---|---|"]
     md += [f"| {name} | {s['n']} | {s['flagged']} | {100 * s['rate']:.1f} % |" for name, s in result["summary"].items()]
+    md += [""]
+    for name in ("tune", "held_out"):
+        caught, real = result["summary"][f"{name}: not a chest film"], result["summary"].get(f"{name}: chest film")
+        met = caught["rate"] >= 0.99 and (real is None or real["rate"] <= 0.02)
+        md.append(f"- {name.replace('_', '-')}: {100 * caught['rate']:.1f} % of non-chest pictures flagged"
+                  + (f", {100 * real['rate']:.1f} % of real films" if real else "")
+                  + (": the goal is met." if met else ": the goal is **missed**."))
     missed = [(r["group"], m) for r in result["groups"] for m in r.get("missed", [])]
     if missed:
         md += ["", "Non-chest pictures the screen let through: " + ", ".join(f"{m} ({g})" for g, m in missed) + "."]

@@ -119,12 +119,14 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
     Grad-CAM maps when the caller already has them."""
     small = np.stack([c.small for c in cases])
     keys = [c.key for c in cases]
-    probs = clf.predict_proba(small)
-    if maps is None:
-        maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
     neighbours, vectors = [None] * len(cases), None
     if archive is not None:
-        vectors = clf.embed(small)
+        vectors, probs = clf.embed_and_predict(small)
+    else:
+        probs = clf.predict_proba(small)
+    if maps is None:
+        maps, _ = clf.gradcam(small, target_classes=[1] * len(cases))
+    if archive is not None:
         if k:
             neighbours = search(*archive, vectors, k, exclusions(archive[1], keys))
     flags = screen_inputs(clf, small, [c.path for c in cases], archive, vectors)

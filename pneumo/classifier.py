@@ -6,7 +6,7 @@ import numpy as np
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import CLASS_NAMES
 from .explain import DEFAULT_LAYER, gradcam_maps
-from .inference import embed_images, predict_proba
+from .inference import embed_and_predict, embed_images, predict_proba
 from .metrics import decide
 from .runtime import UserError
 
@@ -66,6 +66,14 @@ class Classifier:
         if not np.isfinite(vectors).all():
             raise UserError(f"the classifier {self.meta['path']} gave non-finite embeddings; nothing is searched")
         return vectors
+
+    def embed_and_predict(self, images, batch_size=256, desc=None):
+        """(embeddings, P(pneumonia)) from one forward pass, with the checks of embed and predict_proba."""
+        vectors, probs = embed_and_predict(self.model, images, self.normalization, self.device, batch_size, desc)
+        if not (np.isfinite(vectors).all() and np.isfinite(probs).all()):
+            raise UserError(f"the classifier {self.meta['path']} gave non-finite outputs; no label is given and "
+                            f"nothing is searched. Check the checkpoint and --device")
+        return vectors, probs
 
     def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64, desc=None):
         """Grad-CAM maps (N, size, size) in [0, 1] and the class each explains (argmax when not given)."""

@@ -25,6 +25,16 @@ def predict_proba(model, images, normalization, device="cpu", batch_size=256, de
                        lambda m, x: torch.softmax(m(x), dim=1)[:, 1], batch_size, desc)
 
 
+def embed_and_predict(model, images, normalization, device="cpu", batch_size=256, desc=None):
+    """(512-d embeddings, P(pneumonia)) per image from one forward pass (the classifier's head reads the
+    embedding), for callers that need both."""
+    def both(m, x):
+        vectors = m.embed(x)
+        return torch.cat([vectors, torch.softmax(m.fc(vectors), dim=1)[:, 1:]], dim=1)
+    out = run_batches(model, images, normalization, device, both, batch_size, desc)
+    return out[:, :-1], out[:, -1]
+
+
 def embed_images(model, images, normalization, device="cpu", batch_size=256, desc=None):
     """512-d pooled embeddings per image."""
     return run_batches(model, images, normalization, device, lambda m, x: m.embed(x), batch_size, desc)

@@ -53,7 +53,12 @@ def label_from_folder(path):
 def load_image_file(path, size: int = 28) -> np.ndarray:
     """A user's image made the way PneumoniaMNIST was: grayscale, centre crop to the short side,
     antialiased resize. Any PIL-readable file of any size and mode, or a DICOM file; uint8 (size, size)."""
-    img = read_picture(path)
+    return classifier_input(read_picture(path), size)
+
+
+def classifier_input(img: Image.Image, size: int = 28) -> np.ndarray:
+    """An 8-bit grayscale picture made the way PneumoniaMNIST was: centre crop to the short side, antialiased
+    resize; uint8 (size, size)."""
     width, height = img.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2

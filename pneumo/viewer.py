@@ -3,6 +3,7 @@ classifier block, Grad-CAM for either class, the nearest archived cases with the
 and the browsing of a dataset split with the filters a researcher wants. Every number comes from the
 same package code the scripts use (pneumo.cases, pneumo.classifier, pneumo.retrieval)."""
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, data_file, load_split
 from .explain import coarse_region
 from .model import EMBEDDING_DIM
-from .pictures import load_image_file, read_picture
+from .pictures import classifier_input, read_picture
 from .runtime import UserError
 from .screening import region_words
 from .vlm import VlmSession
@@ -37,6 +38,9 @@ class CaseViewer:
             self.index_note = f"no similar cases: {err}"
         self.vlm, self.vlm_note = vlm, vlm_note
         self._splits, self._probs = {}, {}
+        # One model, one caller at a time: Grad-CAM hooks the model's layers and runs a backward pass, and two
+        # server threads doing so at once crashed the process (a segfault in libtorch, under 8 clients).
+        self._model_lock = threading.Lock()
 
     # ---- where cases come from -------------------------------------------------------------------
     def split(self, name, size=None):
@@ -48,7 +52,8 @@ class CaseViewer:
 
     def probabilities(self, name):
         if name not in self._probs:
-            self._probs[name] = self.clf.predict_proba(self.split(name)[0])
+            with self._model_lock:
+                self._probs[name] = self.clf.predict_proba(self.split(name)[0])
         return self._probs[name]
 
     def dataset_case(self, split, index):
@@ -65,8 +70,9 @@ class CaseViewer:
 
     def file_case(self, path, name=None):
         """A user's file (PNG, JPEG, DICOM, ...), named by its file name alone."""
-        small = load_image_file(path, self.clf.image_size)
-        display = read_picture(path)
+        picture = read_picture(path)  # decoded once: the classifier's input and the display both come from it
+        small = classifier_input(picture, self.clf.image_size)
+        display = picture.copy()
         display.thumbnail((512, 512))
         return Case(name or Path(path).name, small, path=str(path), display=np.asarray(display))
 
@@ -91,10 +97,12 @@ class CaseViewer:
 
     # ---- what is said about a case ---------------------------------------------------------------
     def analyse(self, case):
-        """The case with its classifier block, Grad-CAM maps for both classes and neighbour films."""
-        maps, _ = self.clf.gradcam(np.stack([case.small] * 2), target_classes=[0, 1])
-        case.maps = {name: m for name, m in zip(CLASS_NAMES, maps)}
-        add_classifier_blocks(self.clf, [case], self.archive, self.k, maps=maps[1:])
+        """The case with its classifier block, the pneumonia Grad-CAM map (the other class's is made when it
+        is first asked for) and neighbour films."""
+        with self._model_lock:
+            maps, _ = self.clf.gradcam(case.small[None], target_classes=[1])
+            case.maps = {"pneumonia": maps[0]}
+            add_classifier_blocks(self.clf, [case], self.archive, self.k, maps=maps)
         case.neighbour_films = [self.split(h["split"])[0][h["index"]] for h in case.classifier.neighbours or []]
         case.records = []
         return case
@@ -103,9 +111,16 @@ class CaseViewer:
         """The film as the page shows it, with its orientation marks."""
         return marked_film(case.display)
 
+    def cam(self, case, target="pneumonia"):
+        """The case's Grad-CAM map for `target`, made on first use."""
+        if target not in case.maps:
+            with self._model_lock:
+                case.maps[target] = self.clf.gradcam(case.small[None], target_classes=[CLASS_NAMES.index(target)])[0][0]
+        return case.maps[target]
+
     def overlay(self, case, target="pneumonia", opacity=0.6):
         """The map over the film as shown (where the classifier looked), with marks and colour scale."""
-        return aligned_overlay(case.display, case.maps[target], float(opacity), target)
+        return aligned_overlay(case.display, self.cam(case, target), float(opacity), target)
 
     def neighbour(self, case, rank):
         """(the neighbour of that rank (1 = nearest), its film enlarged and marked); a UserError when the
@@ -116,7 +131,7 @@ class CaseViewer:
         return hits[rank - 1], marked_film(enlarged(case.neighbour_films[rank - 1]))
 
     def region(self, case, target="pneumonia"):
-        return region_words(coarse_region(case.maps[target]), case.classifier.flags)
+        return region_words(coarse_region(self.cam(case, target)), case.classifier.flags)
 
     def narrate(self, case, strategy="context_aware", max_new_tokens=300):
         """The VLM's narrative for the case, on request; a clear error when no VLM is loaded."""

@@ -116,3 +116,13 @@ def test_dataset_test_images_pass_but_for_a_few(shipped):
     images, _ = load_split(REPO / "data", "test", clf.image_size)
     flagged = np.mean([bool(f) for f in screen_inputs(clf, images, None, archive)])
     assert flagged <= 0.02  # the issue's bound for real films (val, where the cut is set: about 1 %)
+
+
+@pytest.mark.skipif(not (REPO / "data" / "pneumoniamnist.npz").exists(), reason="dataset not set up in data/")
+def test_one_forward_pass_gives_the_probabilities_and_embeddings_of_two(shipped):
+    """The viewer's and the reports' single pass (embed_and_predict) answers as predict_proba and embed do."""
+    clf, _ = shipped
+    images, _ = load_split(REPO / "data", "test", clf.image_size)
+    vectors, probs = clf.embed_and_predict(images[:64])
+    np.testing.assert_allclose(probs, clf.predict_proba(images[:64]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vectors, clf.embed(images[:64]), rtol=0, atol=1e-5)

@@ -225,6 +225,9 @@ def footer(viewer):
 # Image toolbars without Gradio's "share" (to Hugging Face Spaces, which a local viewer of patient films
 # must not offer, and which answers "Must be on Spaces" here).
 LOCAL_BUTTONS = ["download", "fullscreen"]
+# How the page's pictures travel: JPEG (Pillow's quality 75) encodes a 512-px picture in under a millisecond,
+# where Gradio's default WebP (quality 80, as lossy) takes about 16 ms, paid for each picture of every upload.
+PICTURE_FORMAT = "jpeg"
 
 # ---- the page ------------------------------------------------------------------------------------
 def build(viewer):
@@ -256,8 +259,9 @@ def build(viewer):
                 message = gr.Markdown(elem_id="message")
                 verdict = gr.Markdown(elem_id="verdict")
                 with gr.Row():
-                    film = gr.Image(label="Film", interactive=False, height=300, buttons=LOCAL_BUTTONS)
-                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300, buttons=LOCAL_BUTTONS)
+                    film = gr.Image(label="Film", interactive=False, height=300, buttons=LOCAL_BUTTONS, format=PICTURE_FORMAT)
+                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300, buttons=LOCAL_BUTTONS,
+                                    format=PICTURE_FORMAT)
                 with gr.Row():
                     target = gr.Radio(list(CLASS_NAMES), value="pneumonia", label="Evidence for")
                     opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
@@ -267,7 +271,8 @@ def build(viewer):
                 neighbours = gr.Markdown(elem_id="neighbours")
                 with gr.Accordion("Side by side", open=True):
                     compare_picture = gr.Image(label="The case (left) beside the similar case clicked (right)",
-                                               interactive=False, height=300, buttons=LOCAL_BUTTONS, elem_id="compare")
+                                               interactive=False, height=300, buttons=LOCAL_BUTTONS, elem_id="compare",
+                                               format=PICTURE_FORMAT)
                     compare_note = gr.Markdown(elem_id="compare-note")
                     open_other = gr.Button("Open the similar case as the case", elem_id="open-compared")
                 with gr.Accordion("Report", open=True):
