@@ -124,8 +124,8 @@ def test_the_scripts_name_the_lesions_side(trained_checkpoint, synthetic_root, t
     from task2 import generate_reports
     paths = []
     for i, film in enumerate(lesion_films(synthetic_root, cx, n=2)):
-        paths.append(tmp_path / f"lesion{i}.png")
-        Image.fromarray(film).save(paths[-1])
+        paths.append(tmp_path / f"lesion{i}.png")  # at 112 px: a 28-px file is flagged too small, its region not named
+        Image.fromarray(film).resize((112, 112), Image.Resampling.NEAREST).save(paths[-1])
     common = ["--checkpoint", trained_checkpoint, "--images", *paths, "--index", tmp_path / "none.faiss"]
     result = run_cli(gradcam, *common, "--target", "pneumonia", "--out", tmp_path / "g")
     assert result.returncode == 0, result.stderr

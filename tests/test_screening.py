@@ -126,3 +126,20 @@ def test_one_forward_pass_gives_the_probabilities_and_embeddings_of_two(shipped)
     vectors, probs = clf.embed_and_predict(images[:64])
     np.testing.assert_allclose(probs, clf.predict_proba(images[:64]), rtol=0, atol=1e-6)
     np.testing.assert_allclose(vectors, clf.embed(images[:64]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "data" / "pneumoniamnist.npz").exists(), reason="dataset not set up in data/")
+def test_the_published_ood_benchmark_is_what_its_command_measures(tmp_path):
+    """benchmarks/ood_screen.py, rerun: the same groups, counts and flags as reports/ood_screen.json, for the
+    shipped checkpoint (the figures the README quotes are reproducible, not typed in)."""
+    import json
+
+    from conftest import run_script
+    result = run_script("benchmarks/ood_screen.py", "--out", tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = json.loads((tmp_path / "ood_screen.json").read_text())
+    published = json.loads((REPO / "reports" / "ood_screen.json").read_text())
+    assert fresh["checkpoint_sha256"] == Classifier.load(REPO / "models" / "task1_model.pth").sha256
+    assert fresh["groups"] == published["groups"] and fresh["summary"] == published["summary"]
+    assert (tmp_path / "ood_screen.md").read_text() == (REPO / "reports" / "ood_screen.md").read_text()
