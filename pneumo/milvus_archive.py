@@ -13,6 +13,7 @@ Index types: flat -> FLAT (exact), hnsw -> HNSW (M, efConstruction; search ef), 
 import json
 import logging
 import os
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,6 +24,7 @@ from .runtime import UserError
 DEFAULT_COLLECTION = "task3_archive"
 INSERT_BATCH = 5_000
 SEARCH_BATCH = 1_000
+BUILD_TIMEOUT = 3_600  # s: the longest wait for an index build before it is called failed
 _MILVUS_METRIC = {"l2": "L2", "cosine": "IP"}
 _MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
 
@@ -61,12 +63,53 @@ def connect(uri, create=False):
 
 
 def index_params(client, spec: IndexSpec, n):
+    """(pymilvus index parameters, the build parameters asked). The build parameters travel nested under
+    "params" (one JSON value on the wire): the form Milvus Lite reads (it drops them when pymilvus 3 sends
+    each as its own key, and builds its defaults) and the Milvus server accepts."""
     params = {"hnsw": {"M": spec.hnsw_m, "efConstruction": spec.ef_construction},
               "ivf": {"nlist": spec.nlist or default_nlist(n)}}.get(spec.index_type, {})
     milvus_spec = client.prepare_index_params()
     milvus_spec.add_index(field_name="vector", index_type=_MILVUS_INDEX[spec.index_type],
-                          metric_type=_MILVUS_METRIC[spec.metric], params=params)
+                          metric_type=_MILVUS_METRIC[spec.metric], params={"params": params} if params else {})
     return milvus_spec, params
+
+
+def built_index(client, collection, index_type: str, params: dict, timeout=BUILD_TIMEOUT, progress=True) -> dict:
+    """What the engine built, read back (describe_index) once every row is indexed: {"index_type", "params"}.
+    Waits for the build (an engine answers by brute force until it is done, so nothing is timed or used
+    before); refuses, in one line, an index of another type or other parameters than asked."""
+    from tqdm import tqdm
+    deadline = time.monotonic() + timeout
+    with tqdm(desc=f"index build in Milvus {collection}", unit="row", disable=not progress) as bar:
+        while True:
+            info = client.describe_index(collection, index_name="vector")
+            bar.total = int(info.get("total_rows", 0) or 0)
+            bar.n = int(info.get("indexed_rows", 0) or 0)
+            bar.refresh()
+            if str(info.get("state", "")).lower() == "failed":
+                raise UserError(f"Milvus could not build the {index_type} index of {collection!r}: "
+                                f"{info.get('index_state_fail_reason') or 'no reason given'}")
+            if int(info.get("pending_index_rows", 0) or 0) == 0 and str(info.get("state", "Finished")) == "Finished":
+                break
+            if time.monotonic() > deadline:
+                raise UserError(f"Milvus had not finished the {index_type} index of {collection!r} after {timeout} s")
+            time.sleep(0.5)
+    read = info.get("params") or {k: v for k, v in info.items() if k in params}
+    if isinstance(read, str):  # some servers return the JSON text
+        read = json.loads(read)
+    built = {"index_type": info.get("index_type"), "params": {k: _number(v) for k, v in read.items()}}
+    if built["index_type"] != index_type or any(built["params"].get(k) != v for k, v in params.items()):
+        raise UserError(f"Milvus built {built['index_type']} {built['params']} for {collection!r}, not the "
+                        f"{index_type} {params} asked; nothing was swapped in")
+    return built
+
+
+def _number(value):
+    """A parameter as read back: an int when it reads as one (the wire carries strings)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def search_params(meta: ArchiveMeta):
@@ -102,10 +145,12 @@ def building(uri, collection, vectors, rows, spec: IndexSpec = EXACT, progress=T
             stop = min(start + INSERT_BATCH, len(vectors))
             client.insert(temporary, [{"row": i, "vector": vectors[i], **rows[i]} for i in range(start, stop)])
         client.flush(temporary)
+        engine = built_index(client, temporary, _MILVUS_INDEX[spec.index_type], params, progress=progress)
         client.load_collection(temporary)
         searching = {"hnsw": {"ef_search": spec.ef_search}, "ivf": {"nprobe": spec.nprobe}}.get(spec.index_type, {})
         index = MilvusIndex(client, temporary,
-                            ArchiveMeta(spec.metric, rows, {"index_type": spec.index_type, **params, **searching}),
+                            ArchiveMeta(spec.metric, rows, {"index_type": spec.index_type, **params, **searching,
+                                                            "engine_index": engine}),
                             int(vectors.shape[1]), len(vectors))
 
         def finish(archive_meta: ArchiveMeta):

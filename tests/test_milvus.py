@@ -126,3 +126,34 @@ def test_the_case_viewer_reads_the_archive_from_milvus(archives, trained_checkpo
     b = on_milvus.analyse(on_milvus.dataset_case("test", 3)).classifier.neighbours
     assert [h["index"] for h in a] == [h["index"] for h in b]
     assert "milvus index: 352 archived cases" in app.footer(on_milvus) and "built from this checkpoint: yes" in app.footer(on_milvus)
+
+
+@pytest.mark.parametrize("spec,asked", [(IndexSpec("hnsw", hnsw_m=8), {"M": 8}), (IndexSpec("ivf", nlist=8, nprobe=4), {"nlist": 8})])
+def test_the_index_the_engine_built_is_the_one_asked(spec, asked, trained_checkpoint, synthetic_root, tmp_path):
+    """Issue 21: the build parameters reach Milvus Lite (it reads them only nested under "params"), as read
+    back from the engine with describe_index, and the archive records what the engine built."""
+    clf = Classifier.load(trained_checkpoint)
+    vectors = clf.embed(load_split(synthetic_root, "train", 28)[0])
+    rows = [{"split": "train", "index": i, "label": "normal"} for i in range(len(vectors))]
+    with milvus_archive.building(str(tmp_path / "a.db"), "asked", vectors, rows, spec, progress=False) as index:
+        described = index.client.describe_index(index.collection, index_name="vector")
+        recorded = index.meta.build["engine_index"]
+    assert described["index_type"] == {"hnsw": "HNSW", "ivf": "IVF_FLAT"}[spec.index_type]
+    assert {k: int(v) for k, v in described["params"].items() if k in asked} == asked
+    assert recorded["index_type"] == described["index_type"] and all(recorded["params"][k] == v for k, v in asked.items())
+
+
+def test_an_index_built_with_other_parameters_is_refused(tmp_path):
+    """The old way (parameters flattened, as pymilvus 3 sends them) builds Lite's defaults: read back and refused."""
+    from pymilvus import DataType
+    client = milvus_archive.connect(str(tmp_path / "a.db"), create=True)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("row", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=8)
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="HNSW", metric_type="L2", params={"M": 8, "efConstruction": 40})
+    client.create_collection("flattened", schema=schema, index_params=params)
+    client.insert("flattened", [{"row": i, "vector": np.random.default_rng(i).normal(size=8).tolist()} for i in range(100)])
+    client.flush("flattened")
+    with pytest.raises(UserError, match="not the HNSW"):
+        milvus_archive.built_index(client, "flattened", "HNSW", {"M": 8, "efConstruction": 40}, progress=False)
