@@ -1,6 +1,7 @@
-"""The case archive in Milvus: the same vectors, metadata and checks as the FAISS file, in a real
-vector engine. A local path as --uri runs Milvus Lite embedded (a real Milvus engine in-process); an
-http://host:19530 address talks to a Milvus standalone or cluster with the same code.
+"""The case archive in Milvus: the same vectors, metadata and checks as the FAISS file, in a vector
+database. A local path as --uri runs Milvus Lite in-process (a Python reimplementation of Milvus's API over
+FAISS, not the Milvus engine); an http://host:19530 address talks to a Milvus standalone or cluster with the
+same code. Build parameters travel nested under "params", and the built index is read back and checked.
 
 Each entity holds its archive row (primary key), the 512-d vector, split, index and label; the
 collection's properties hold the metadata the FAISS sidecar holds (checkpoint SHA-256, metric, build

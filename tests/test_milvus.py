@@ -1,4 +1,4 @@
-"""The archive in Milvus (Milvus Lite, a real engine in-process) behind the same build_index / query:
+"""The archive in Milvus (Milvus Lite in-process: a reimplementation of its API over FAISS, not the Milvus engine) behind the same build_index / query:
 same neighbours as FAISS, the same refusals, and a build that is all or nothing."""
 import json
 
