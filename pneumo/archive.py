@@ -11,6 +11,7 @@ from .atomic import file_sha256
 from .data import CLASS_NAMES, data_file, load_split
 from .errors import UserError
 from .milvus_archive import building, load_milvus
+from .model import EMBEDDING_DIM
 from .retrieval import ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index
 from .screening import fit_reference
 
@@ -44,14 +45,16 @@ class ArchiveSource:
         return f"milvus {self.uri} ({self.collection})" if self.backend == "milvus" else str(self.index)
 
 
-def open_archive(path, clf, dim, data_root=None):
-    """(index, metadata) for the out-of-distribution flags, or None with a one-line note: a missing or
-    stale archive leaves those flags out but does not stop the classifier's own answer."""
+def open_optional(source: ArchiveSource, clf, data_root=None):
+    """(archive or None, note or None): the one policy for scripts to which the archive adds similar cases and
+    the out-of-distribution screen (evaluate, gradcam, generate_reports, the viewer). An archive that is
+    missing or cannot be used with this classifier (another checkpoint, edited, another data file) is left out
+    with a note saying why, and the classifier's own answer goes on. The scripts that exist to search it
+    (query.py, the retrieval benchmarks) refuse instead: for them it is the input."""
     try:
-        return load_index(path, clf.sha256, dim, data_root)
+        return source.open(clf.sha256, EMBEDDING_DIM, data_root), None
     except UserError as err:
-        print(f"note: no out-of-distribution check: {err}")
-        return None
+        return None, f"no similar cases and no out-of-distribution screen: {err}"
 
 
 def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> ArchiveMeta:

@@ -10,12 +10,11 @@ import numpy as np
 from PIL import Image
 
 from .annotate import aligned_overlay, marked_film
-from .archive import ArchiveSource
+from .archive import ArchiveSource, open_optional
 from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
 from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, data_file, load_split
 from .explain import coarse_region
-from .model import EMBEDDING_DIM
 from .pictures import classifier_input, read_picture
 from .runtime import UserError
 from .screening import region_words
@@ -31,11 +30,7 @@ class CaseViewer:
                  vlm_note=None):
         self.clf = Classifier.load(checkpoint, device)
         self.data_root, self.k = data_root, k
-        self.archive, self.index_note = None, None
-        try:
-            self.archive = source.open(self.clf.sha256, EMBEDDING_DIM, data_root)
-        except UserError as err:  # the verdict and the map do not need the archive
-            self.index_note = f"no similar cases: {err}"
+        self.archive, self.index_note = open_optional(source, self.clf, data_root)  # the verdict and map go on
         self.vlm, self.vlm_note = vlm, vlm_note
         self._splits, self._probs = {}, {}
         # One model, one caller at a time: Grad-CAM hooks the model's layers and runs a backward pass, and two

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.archive import open_archive
+from pneumo.archive import ArchiveSource, open_optional
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import (
@@ -31,7 +31,6 @@ from pneumo.data import CLASS_NAMES, check_indices, load_split
 from pneumo.errors import run_script
 from pneumo.explain import DEFAULT_LAYER
 from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, with_bootstrap
-from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
@@ -42,7 +41,7 @@ from pneumo.screening import BORDERLINE, print_flags, screen_inputs, status
 def parse_args(argv=None):
     p = make_parser(__doc__)
     add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "data_root",
-                     "out", "k", "seed", "device", size=INFERENCE_SIZE,
+                     "out", "k", "seed", "device", "backend", "uri", "collection", size=INFERENCE_SIZE,
                      indices=dict(help="only these indices of the split"),
                      images=dict(help="image files (PNG/JPEG, any size): predictions only"),
                      k=dict(type=non_negative_int, default=4, help="failure cases shown per kind (most confident FP and FN; default 4; 0 = none)"),
@@ -121,7 +120,7 @@ def predict_files(args, clf):
     images, labels, names, _ = load_inputs(args.images, None, args.data_root, args.split, clf.image_size,
                                            args.record_names)
     probs = clf.predict_proba(images)
-    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root))
+    flags = screen_inputs(clf, images, args.images, optional_archive(args, clf))
     rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q),
              "status": status(q, clf.threshold, f), "flags": f}
             for name, label, q, f in zip(names, labels, probs, flags)]
@@ -167,6 +166,14 @@ def plot_failures(clf, images, labels, probs, failures, split, path):
     return plot_panels([p for row in rows for p in row], path, cols=cols,
                        title=f"most confident failures, {split} split (threshold {clf.threshold:.3f}); "
                              f"Grad-CAM {DEFAULT_LAYER} of the decided class")
+
+
+def optional_archive(args, clf):
+    """The archive for the out-of-distribution screen, or None with the note of pneumo.archive.open_optional."""
+    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
+    if note:
+        print(f"note: {note}")
+    return archive
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.archive import open_archive
+from pneumo.archive import ArchiveSource, open_optional
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
@@ -22,7 +22,6 @@ from pneumo.data import CLASS_NAMES, load_split
 from pneumo.errors import run_script
 from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
-from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
@@ -35,7 +34,7 @@ LAYERS = ("layer3", "layer4")
 def parse_args(argv=None):
     p = make_parser(__doc__)
     add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "data_root",
-                     "out", "seed", "device", size=INFERENCE_SIZE,
+                     "out", "seed", "device", "backend", "uri", "collection", size=INFERENCE_SIZE,
                      split=dict(help="dataset split for --indices / --faithfulness (default test)"),
                      seed=dict(help="seed for the random baseline maps and their bootstrap (default 0)"))
     p.add_argument("--index", type=Path, default=Path(DEFAULT_INDEX),
@@ -73,7 +72,7 @@ def main(args):
     start = time.perf_counter()
     maps, used = clf.gradcam(images, targets, args.layer, args.batch_size)
     seconds = time.perf_counter() - start
-    flags = screen_inputs(clf, images, args.images, open_archive(args.index, clf, EMBEDDING_DIM, args.data_root))
+    flags = screen_inputs(clf, images, args.images, optional_archive(args, clf))
     records, panels = [], []
     for name, image, label, prob, cam, target, found in zip(names, images, labels, probs, maps, used, flags):
         pred = clf.label(prob)
@@ -141,6 +140,14 @@ def faithfulness(args, run, clf):
     plot_deletion(results, args.out / "figures" / f"task1_gradcam_deletion_{args.split}.png", args.split, len(images))
     print(f"wrote {out}")
     return results
+
+
+def optional_archive(args, clf):
+    """The archive for the out-of-distribution screen, or None with the note of pneumo.archive.open_optional."""
+    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
+    if note:
+        print(f"note: {note}")
+    return archive
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 
 import numpy as np
 
+from pneumo.archive import ArchiveSource, open_optional
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from pneumo.audit import FLAGS
 from pneumo.cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
@@ -34,9 +35,8 @@ from pneumo.cli import (
 )
 from pneumo.data import SIZES, load_split
 from pneumo.errors import run_script
-from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
-from pneumo.retrieval import DEFAULT_INDEX, load_index
+from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device, seed_everything
 from pneumo.screening import print_flags
 from pneumo.vlm import DEFAULT_VLM, STRATEGIES, load_vlm, release_gpu_memory
@@ -45,7 +45,7 @@ from pneumo.vlm import DEFAULT_VLM, STRATEGIES, load_vlm, release_gpu_memory
 def parse_args(argv=None):
     p = make_parser(__doc__)
     add_shared_flags(p, "size", "checkpoint", "split", "indices", "images", "record_names", "k",
-                     "data_root", "out", "seed", "device", size=INFERENCE_SIZE,
+                     "data_root", "out", "seed", "device", "backend", "uri", "collection", size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier (default {DEFAULT_CHECKPOINT})"),
                      split=dict(help="split of --indices / --evaluate (default test)"),
                      images=dict(help="image files (PNG/JPEG, any size); the VLM sees the full file"),
@@ -159,12 +159,9 @@ def attach_vlm_images(args, cases):
 
 def classifier_blocks(args, cases, clf):
     """The classifier block of every case; the index when it exists (neighbours and the out-of-distribution check)."""
-    archive = None
-    if args.index.exists():
-        archive = load_index(args.index, clf.sha256, EMBEDDING_DIM, args.data_root)
-    else:
-        print(f"note: no retrieval index at {args.index}; reports go without similar cases and without the "
-              f"out-of-distribution check (build one with python task3/build_index.py)")
+    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
+    if note:
+        print(f"note: {note}; reports go without them")
     print_flags([c.name for c in cases], add_classifier_blocks(clf, cases, archive, args.k))
 
 

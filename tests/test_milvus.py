@@ -157,3 +157,49 @@ def test_an_index_built_with_other_parameters_is_refused(tmp_path):
     client.flush("flattened")
     with pytest.raises(UserError, match="not the HNSW"):
         milvus_archive.built_index(client, "flattened", "HNSW", {"M": 8, "efConstruction": 40}, progress=False)
+
+
+def test_every_script_that_reads_the_archive_opens_it_in_milvus(archives, trained_checkpoint, synthetic_root, tmp_path):
+    """Issue 21: --backend/--uri/--collection on evaluate, gradcam and generate_reports too (one way to open the
+    archive, pneumo.archive.ArchiveSource): the Task 2 report's similar cases come from the Milvus collection."""
+    from task1 import evaluate, gradcam
+    from task2 import generate_reports
+    milvus = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu", "--backend", "milvus",
+              "--uri", archives / "lite.db"]
+    result = run_cli(generate_reports, *milvus, "--indices", "0", "1", "--vlm", "none", "--out", tmp_path / "r")
+    assert result.returncode == 0, error_line(result)
+    assert "no similar cases" not in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "r" / "reports.jsonl").read_text().splitlines()]
+    assert all(len(r["classifier"]["neighbours"]) == 5 and r["classifier"]["metric"] == "l2" for r in records)
+    film = a_film(synthetic_root, tmp_path)
+    for script in (evaluate, gradcam):  # evaluate screens image files only
+        result = run_cli(script, *milvus, "--images", film, "--out", tmp_path / script.__name__.split(".")[-1])
+        assert result.returncode == 0 and "no similar cases" not in result.stdout, result.stdout[-500:]
+
+
+def a_film(root, folder):
+    """A synthetic test film as a 112-px PNG (a 28-px file would be flagged too small)."""
+    from PIL import Image
+    path = folder / "film.png"
+    Image.fromarray(load_split(root, "test", 28)[0][0]).resize((112, 112)).save(path)
+    return path
+
+
+def test_a_stale_archive_is_a_note_where_it_is_an_extra_and_an_error_where_it_is_the_input(trained_checkpoint,
+                                                                                       synthetic_root, tmp_path):
+    """The one policy (pneumo.archive.open_optional): the shipped archive was built from another checkpoint than
+    the test's; generate_reports, evaluate and gradcam go on without similar cases and the screen, saying why;
+    query.py, whose input it is, refuses."""
+    from task1 import evaluate, gradcam
+    from task2 import generate_reports
+    stale = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--device", "cpu",
+             "--index", "models/task3_index.faiss"]
+    film = a_film(synthetic_root, tmp_path)
+    for script, extra in ((generate_reports, ["--vlm", "none", "--indices", "0"]), (evaluate, ["--images", film]),
+                          (gradcam, ["--images", film])):
+        result = run_cli(script, *stale, *extra, "--out", tmp_path / script.__name__.split(".")[-1])
+        assert result.returncode == 0, error_line(result)
+        assert "note: no similar cases and no out-of-distribution screen" in result.stdout
+        assert "another checkpoint" in result.stdout
+    refused = run_cli(query, *stale, "--indices", "0", "--out", tmp_path / "q")
+    assert refused.returncode == 1 and "another checkpoint" in error_line(refused)
