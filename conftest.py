@@ -129,3 +129,27 @@ def files_under(folder) -> dict:
     folder = Path(folder)
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def interrupt_milvus_build(monkeypatch, uri, checkpoint, data_root):
+    """Run build_index.py into the Milvus archive at `uri` and press Ctrl+C at its second insert batch (of
+    100): what the all-or-nothing build must survive. Returns (client, the insert calls made)."""
+    from pneumo import milvus_archive
+    from task3 import build_index
+    client = milvus_archive.connect(uri)
+    calls, real_insert = [], client.insert
+
+    def insert_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl+C half-way
+        return real_insert(*args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(milvus_archive, "INSERT_BATCH", 100)
+        patch.setattr(milvus_archive, "connect", lambda uri, create=False: client)
+        patch.setattr(client, "insert", insert_then_fail)
+        with pytest.raises(KeyboardInterrupt):
+            build_index.main(build_index.parse_args(["--checkpoint", str(checkpoint), "--data_root", str(data_root),
+                                                     "--backend", "milvus", "--uri", str(uri), "--device", "cpu"]))
+    return client, calls
+

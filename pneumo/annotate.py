@@ -5,20 +5,14 @@ saying what red and blue mean."""
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .pictures import read_square
+
 SCALE_HEIGHT = 16  # px of the colour bar under the overlay
 COLORMAP = "jet"   # as pneumo.explain.overlay draws the figures: red = strongest evidence, blue = least
 
 
 def _font(size: int):
     return ImageFont.load_default(size=size)
-
-
-def read_square(shape) -> tuple:
-    """(left, top, side) of the centre square the classifier reads from a picture of this shape: the crop
-    pneumo.pictures.load_image_file takes before resizing."""
-    height, width = shape[:2]
-    side = min(width, height)
-    return (width - side) // 2, (height - side) // 2, side
 
 
 def _marks(img: Image.Image) -> Image.Image:

@@ -57,6 +57,15 @@ def open_optional(source: ArchiveSource, clf, data_root=None):
         return None, f"no similar cases and no out-of-distribution screen: {err}"
 
 
+def optional_archive(args, clf, consequence=""):
+    """open_optional for a script's parsed flags (--index or --backend/--uri/--collection, --data_root): the
+    archive, or None after printing the note (and `consequence`, what the script does without it)."""
+    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
+    if note:
+        print(f"note: {note}{consequence}")
+    return archive
+
+
 def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource, record: dict, batch_size=256) -> ArchiveMeta:
     """Embed `splits` of the data file with the classifier, index them as `spec` says where `source` says,
     with the out-of-distribution reference (fitted on train, cut on val) and the metadata (`record`: the run's own, from

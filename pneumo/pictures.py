@@ -56,12 +56,18 @@ def load_image_file(path, size: int = 28) -> np.ndarray:
     return classifier_input(read_picture(path), size)
 
 
+def read_square(shape) -> tuple:
+    """(left, top, side) of the centre square the classifier reads from a picture of this (height, width, ...)
+    shape: the crop classifier_input takes before resizing."""
+    height, width = shape[:2]
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
 def classifier_input(img: Image.Image, size: int = 28) -> np.ndarray:
     """An 8-bit grayscale picture made the way PneumoniaMNIST was: centre crop to the short side, antialiased
     resize; uint8 (size, size)."""
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    left, top, side = read_square((img.height, img.width))
     img = img.crop((left, top, left + side, top + side))
     img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
     return np.array(img, dtype=np.uint8)  # writable, unlike np.asarray of a PIL image

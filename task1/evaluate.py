@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.archive import ArchiveSource, open_optional
+from pneumo.archive import optional_archive
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import (
@@ -166,14 +166,6 @@ def plot_failures(clf, images, labels, probs, failures, split, path):
     return plot_panels([p for row in rows for p in row], path, cols=cols,
                        title=f"most confident failures, {split} split (threshold {clf.threshold:.3f}); "
                              f"Grad-CAM {DEFAULT_LAYER} of the decided class")
-
-
-def optional_archive(args, clf):
-    """The archive for the out-of-distribution screen, or None with the note of pneumo.archive.open_optional."""
-    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
-    if note:
-        print(f"note: {note}")
-    return archive
 
 
 if __name__ == "__main__":

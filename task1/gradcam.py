@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.archive import ArchiveSource, open_optional
+from pneumo.archive import optional_archive
 from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
@@ -140,14 +140,6 @@ def faithfulness(args, run, clf):
     plot_deletion(results, args.out / "figures" / f"task1_gradcam_deletion_{args.split}.png", args.split, len(images))
     print(f"wrote {out}")
     return results
-
-
-def optional_archive(args, clf):
-    """The archive for the out-of-distribution screen, or None with the note of pneumo.archive.open_optional."""
-    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
-    if note:
-        print(f"note: {note}")
-    return archive
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 
 import numpy as np
 
-from pneumo.archive import ArchiveSource, open_optional
+from pneumo.archive import optional_archive
 from pneumo.atomic import check_writable, write_csv_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from pneumo.audit import FLAGS
 from pneumo.cases import Case, add_classifier_blocks, markdown_report, narrate, narrative_record, vlm_picture
@@ -159,9 +159,7 @@ def attach_vlm_images(args, cases):
 
 def classifier_blocks(args, cases, clf):
     """The classifier block of every case; the index when it exists (neighbours and the out-of-distribution check)."""
-    archive, note = open_optional(ArchiveSource.from_args(args), clf, args.data_root)
-    if note:
-        print(f"note: {note}; reports go without them")
+    archive = optional_archive(args, clf, "; reports go without them")
     print_flags([c.name for c in cases], add_classifier_blocks(clf, cases, archive, args.k))
 
 

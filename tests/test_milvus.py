@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import error_line, run_cli
+from conftest import error_line, interrupt_milvus_build, run_cli
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.data import load_split
@@ -79,22 +79,8 @@ def test_a_collection_from_another_checkpoint_or_absent_is_refused(archives, syn
 
 def test_an_interrupted_build_leaves_the_old_collection(archives, trained_checkpoint, synthetic_root, monkeypatch):
     uri = str(archives / "lite.db")
-    client = milvus_archive.connect(uri)
-    before = client.describe_collection("task3_archive")["properties"]["meta"]
-    calls = []
-    real_insert = client.insert
-
-    def insert_then_fail(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl+C half-way
-        return real_insert(*args, **kwargs)
-    monkeypatch.setattr(milvus_archive, "INSERT_BATCH", 100)
-    monkeypatch.setattr(milvus_archive, "connect", lambda uri, create=False: client)
-    monkeypatch.setattr(client, "insert", insert_then_fail)
-    with pytest.raises(KeyboardInterrupt):
-        build_index.main(build_index.parse_args(["--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root),
-                                                 "--backend", "milvus", "--uri", uri, "--device", "cpu"]))
+    before = milvus_archive.connect(uri).describe_collection("task3_archive")["properties"]["meta"]
+    client, calls = interrupt_milvus_build(monkeypatch, uri, trained_checkpoint, synthetic_root)
     assert calls == [1, 1]
     assert client.list_collections() == ["task3_archive"]  # no half-built collection left behind
     assert client.describe_collection("task3_archive")["properties"]["meta"] == before

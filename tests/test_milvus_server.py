@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from conftest import error_line, run_cli
+from conftest import error_line, interrupt_milvus_build, run_cli
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.data import load_split
@@ -104,23 +104,9 @@ def test_a_stale_checkpoint_is_refused_by_the_server_archive(server, archives, s
 def test_an_interrupted_build_leaves_the_old_collection_answering(server, archives, trained_checkpoint, synthetic_root,
                                                                   monkeypatch):
     from pneumo import milvus_archive
-    from task3 import build_index
-    client = milvus_archive.connect(server)
-    before = client.describe_collection("task3_archive")["properties"]["meta"]
-    calls, real_insert = [], client.insert
-
-    def insert_then_fail(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl+C half-way
-        return real_insert(*args, **kwargs)
-    monkeypatch.setattr(milvus_archive, "INSERT_BATCH", 100)
-    monkeypatch.setattr(milvus_archive, "connect", lambda uri, create=False: client)
-    monkeypatch.setattr(client, "insert", insert_then_fail)
-    with pytest.raises(KeyboardInterrupt):
-        build_index.main(build_index.parse_args(["--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root),
-                                                 "--backend", "milvus", "--uri", server, "--device", "cpu"]))
-    monkeypatch.undo()
+    before = milvus_archive.connect(server).describe_collection("task3_archive")["properties"]["meta"]
+    client, calls = interrupt_milvus_build(monkeypatch, server, trained_checkpoint, synthetic_root)
+    assert calls == [1, 1]
     assert sorted(client.list_collections()) == ["graph", "task3_archive"]  # no half-built collection left behind
     assert client.describe_collection("task3_archive")["properties"]["meta"] == before
     server_hits, _ = hits(ArchiveSource("milvus", uri=server, collection="task3_archive"), trained_checkpoint, synthetic_root)

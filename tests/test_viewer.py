@@ -6,10 +6,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, files_under
-from pneumo.annotate import read_square
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
-from pneumo.pictures import load_image_file
+from pneumo.pictures import load_image_file, read_square
 from pneumo.viewer import CaseViewer
 from viewer import app
 

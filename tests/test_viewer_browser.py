@@ -82,9 +82,7 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         page.goto(url)
 
         # a user's film: verdict, five neighbours, report
-        page.set_input_files("#upload input[type=file]", str(upload_file))
-        expect(page.locator(f"#upload a[href$='{upload_file.name}']")).to_have_count(1, timeout=20_000)  # uploaded
-        page.click("#analyse")
+        analyse(page, upload_file)
         expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =", timeout=60_000)
         assert re.search(r"P\(pneumonia\) = 0\.\d{3}", page.inner_text("#verdict"))
         expect(page.locator("#gallery img")).to_have_count(5)
@@ -112,10 +110,7 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         bad = tmp_path / "notes.png"
         bad.write_text("this is not an X-ray")
         page.get_by_role("tab", name="Upload").click()
-        page.locator("#upload button[aria-label='Clear']").click()
-        page.set_input_files("#upload input[type=file]", str(bad))
-        expect(page.locator("#upload a[href$='notes.png']")).to_have_count(1, timeout=20_000)
-        page.click("#analyse")
+        analyse(page, bad, replacing=True)
         expect(page.locator("#message")).to_contain_text("Could not open this case", timeout=60_000)
         expect(page.locator("#message")).to_contain_text("notes.png is not a readable image")
         # nothing of the previous case (test #0) stays under the message: verdict, neighbours, report all gone
@@ -128,10 +123,7 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         # a colour photo, not a chest film: flagged first, and no verdict as if it were a read
         photo = tmp_path / "shapes.png"
         colour_photo(photo)
-        page.locator("#upload button[aria-label='Clear']").click()
-        page.set_input_files("#upload input[type=file]", str(photo))
-        expect(page.locator("#upload a[href$='shapes.png']")).to_have_count(1, timeout=20_000)
-        page.click("#analyse")
+        analyse(page, photo, replacing=True)
         expect(page.locator("#verdict")).to_contain_text("Input flagged: verdict withheld", timeout=60_000)
         expect(page.locator("#verdict")).to_contain_text("out of distribution")
         expect(page.locator("#verdict")).not_to_contain_text("Decision at the stored threshold")
@@ -147,6 +139,16 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
     assert proc.poll() is None, "the server stopped"
     assert not outside, f"the page called out: {outside[:5]}"
     assert Image.open(screenshot).size[0] == 1400
+
+
+def analyse(page, path, replacing=False):
+    """Upload `path` (clearing the file already there when `replacing`), wait until it is uploaded, press Analyse."""
+    from playwright.sync_api import expect
+    if replacing:
+        page.locator("#upload button[aria-label='Clear']").click()
+    page.set_input_files("#upload input[type=file]", str(path))
+    expect(page.locator(f"#upload a[href$='{path.name}']")).to_have_count(1, timeout=20_000)
+    page.click("#analyse")
 
 
 def colour_photo(path):
