@@ -12,7 +12,7 @@ from .data import CLASS_NAMES, data_file, load_split
 from .errors import UserError
 from .milvus_archive import building, load_milvus
 from .model import EMBEDDING_DIM
-from .retrieval import ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index
+from .retrieval import IVF_TYPES, ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index
 from .screening import fit_reference
 
 MIN_PER_CELL = 39  # k-means needs about this many vectors per IVF cell
@@ -72,7 +72,7 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
     print_run_header). Returns the metadata written."""
     loaded = {split: load_split(data_root, split, clf.image_size) for split in splits}
     n = sum(len(labels) for _, labels in loaded.values())
-    if spec.index_type == "ivf" and spec.nlist is not None and spec.nlist > n // MIN_PER_CELL:
+    if spec.index_type in IVF_TYPES and spec.nlist is not None and spec.nlist > n // MIN_PER_CELL:
         raise UserError(f"--nlist {spec.nlist} is too many cells for {n} cases: k-means needs at least {MIN_PER_CELL} "
                         f"per cell, so at most {max(1, n // MIN_PER_CELL)}; lower it or leave it out (default about 4*sqrt(N))")
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
     start = time.perf_counter()
     if source.backend == "faiss":
         index = build_index(vectors, spec)
-        if spec.index_type == "ivf":
+        if spec.index_type in IVF_TYPES:
             build.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
         build["build_seconds"] = round(time.perf_counter() - start, 3)
         save_index(index, meta, source.index)

@@ -8,8 +8,8 @@ collection's properties hold the metadata the FAISS sidecar holds (checkpoint SH
 parameters, the out-of-distribution reference). `MilvusIndex` answers `search(queries, k)` as a FAISS
 index does, so pneumo.retrieval.search, the screening and every script use it unchanged.
 
-Index types: flat -> FLAT (exact), hnsw -> HNSW (M, efConstruction; search ef), ivf -> IVF_FLAT
-(nlist; search nprobe). Metrics: l2 -> L2 (squared, as FAISS), cosine -> IP on unit vectors.
+Index types: flat -> FLAT (exact), hnsw -> HNSW (M, efConstruction; search ef), ivf -> IVF_FLAT and
+ivf_sq8 -> IVF_SQ8 (nlist; search nprobe). Metrics: l2 -> L2 (squared, as FAISS), cosine -> IP on unit vectors.
 """
 import json
 import logging
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .retrieval import EXACT, METRICS, ArchiveMeta, IndexSpec, check_data, check_meta, default_nlist, meta_digest, prepare
+from .retrieval import EXACT, INDEX_FAMILY, METRICS, ArchiveMeta, IndexSpec, check_data, check_meta, default_nlist, meta_digest, prepare
 from .runtime import UserError
 
 DEFAULT_COLLECTION = "task3_archive"
@@ -27,7 +27,35 @@ INSERT_BATCH = 5_000
 SEARCH_BATCH = 1_000
 BUILD_TIMEOUT = 3_600  # s: the longest wait for an index build before it is called failed
 _MILVUS_METRIC = {"l2": "L2", "cosine": "IP"}
-_MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
+_MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivf_sq8": "IVF_SQ8"}
+
+
+@contextmanager
+def local_server():
+    """A Milvus 2.3 server (the standalone binary PyPI's `milvus` package ships: Milvus's C++ engine) on
+    127.0.0.1 with a temporary data folder, stopped and removed after. Yields (uri, server process). For
+    the tests and benchmarks; a deployment runs Milvus Standalone or Distributed and the same client code."""
+    import shutil
+    import socket
+    import tempfile
+    try:
+        from milvus import MilvusServer
+    except ImportError:
+        raise UserError("a local Milvus server needs PyPI's milvus package (Linux x86-64): pip install milvus") from None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = tempfile.mkdtemp(prefix="pneumo-milvus-")
+    server = MilvusServer()
+    server.show_startup_banner = False
+    server.set_base_dir(base)
+    server.listen_port = port
+    try:
+        server.start()
+        yield f"http://127.0.0.1:{port}", server.server_proc
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def quiet_engine_logs():
@@ -68,7 +96,7 @@ def index_params(client, spec: IndexSpec, n):
     "params" (one JSON value on the wire): the form Milvus Lite reads (it drops them when pymilvus 3 sends
     each as its own key, and builds its defaults) and the Milvus server accepts."""
     params = {"hnsw": {"M": spec.hnsw_m, "efConstruction": spec.ef_construction},
-              "ivf": {"nlist": spec.nlist or default_nlist(n)}}.get(spec.index_type, {})
+              "ivf": {"nlist": spec.nlist or default_nlist(n)}}.get(INDEX_FAMILY[spec.index_type], {})
     milvus_spec = client.prepare_index_params()
     milvus_spec.add_index(field_name="vector", index_type=_MILVUS_INDEX[spec.index_type],
                           metric_type=_MILVUS_METRIC[spec.metric], params={"params": params} if params else {})
@@ -116,7 +144,7 @@ def _number(value):
 def search_params(meta: ArchiveMeta):
     build = meta.build
     params = {"hnsw": {"ef": build.get("ef_search", 64)}, "ivf": {"nprobe": build.get("nprobe", 16)}}
-    return {"metric_type": _MILVUS_METRIC[meta.metric], "params": params.get(build["index_type"], {})}
+    return {"metric_type": _MILVUS_METRIC[meta.metric], "params": params.get(INDEX_FAMILY[build["index_type"]], {})}
 
 
 @contextmanager
@@ -148,7 +176,7 @@ def building(uri, collection, vectors, rows, spec: IndexSpec = EXACT, progress=T
         client.flush(temporary)
         engine = built_index(client, temporary, _MILVUS_INDEX[spec.index_type], params, progress=progress)
         client.load_collection(temporary)
-        searching = {"hnsw": {"ef_search": spec.ef_search}, "ivf": {"nprobe": spec.nprobe}}.get(spec.index_type, {})
+        searching = {"hnsw": {"ef_search": spec.ef_search}, "ivf": {"nprobe": spec.nprobe}}.get(INDEX_FAMILY[spec.index_type], {})
         index = MilvusIndex(client, temporary,
                             ArchiveMeta(spec.metric, rows, {"index_type": spec.index_type, **params, **searching,
                                                             "engine_index": engine}),

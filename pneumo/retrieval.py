@@ -11,8 +11,11 @@ from .atomic import atomic_path, file_sha256
 from .data import data_file
 from .runtime import UserError
 from .screening import METHOD as OOD_METHOD
+from .streamed_index import VECTOR_FILE_INDEX
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivf_sq8")
+IVF_TYPES = ("ivf", "ivf_sq8")  # k-means cells; ivf_sq8 keeps each vector as 8-bit codes (a quarter of float32)
+INDEX_FAMILY = {"flat": "flat", "hnsw": "hnsw", "ivf": "ivf", "ivf_sq8": "ivf"}  # which build/search parameters apply
 METRICS = ("l2", "cosine")
 DEFAULT_INDEX = "models/task3_index.faiss"
 INDEX_NAME = "task3_index.faiss"  # the index inside a run folder
@@ -40,8 +43,8 @@ def prepare(vectors, metric):
 @dataclass(frozen=True)
 class IndexSpec:
     """How an archive is indexed, in the same words for FAISS and Milvus: the index type, the metric,
-    and the parameters of the approximate types (HNSW: hnsw_m, ef_construction, ef_search; IVF: nlist,
-    nprobe; nlist None = about 4*sqrt(N))."""
+    and the parameters of the approximate types (HNSW: hnsw_m, ef_construction, ef_search; IVF and IVF-SQ8:
+    nlist, nprobe; nlist None = about 4*sqrt(N))."""
     index_type: str = "flat"
     metric: str = "l2"
     hnsw_m: int = 32
@@ -97,17 +100,17 @@ class ArchiveMeta:
 
 
 def build_index(vectors, spec: IndexSpec = EXACT):
-    """An exact (flat) or approximate (HNSW, IVF-flat) index holding `vectors` in row order, made by
-    faiss.index_factory ("Flat", "HNSW<m>", "IVF<nlist>,Flat")."""
+    """An exact (flat) or approximate (HNSW, IVF-flat, IVF-SQ8) index holding `vectors` in row order, made by
+    faiss.index_factory ("Flat", "HNSW<m>", "IVF<nlist>,Flat", "IVF<nlist>,SQ8")."""
     vectors = prepare(vectors, spec.metric)
     nlist = spec.nlist or default_nlist(len(vectors))
-    factory = {"flat": "Flat", "hnsw": f"HNSW{spec.hnsw_m}", "ivf": f"IVF{nlist},Flat"}[spec.index_type]
+    factory = {"flat": "Flat", "hnsw": f"HNSW{spec.hnsw_m}", "ivf": f"IVF{nlist},Flat", "ivf_sq8": f"IVF{nlist},SQ8"}[spec.index_type]
     index = faiss.index_factory(vectors.shape[1], factory,
                                 faiss.METRIC_INNER_PRODUCT if spec.metric == "cosine" else faiss.METRIC_L2)
     if spec.index_type == "hnsw":
         index.hnsw.efConstruction = spec.ef_construction
         index.hnsw.efSearch = spec.ef_search
-    elif spec.index_type == "ivf":
+    elif spec.index_type in IVF_TYPES:
         # k-means on a 64-per-cell sample: minutes, not an hour, at 1M
         faiss.extract_index_ivf(index).cp.max_points_per_centroid = 64
         index.train(vectors)
@@ -189,6 +192,10 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=N
         data = path.read_bytes()
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise UserError(f"{path} or its metadata is unreadable ({type(err).__name__}); {rebuild}") from None
+    if isinstance(meta, dict) and meta.get("kind") == VECTOR_FILE_INDEX:
+        raise UserError(f"{path} indexes the vector file {meta.get('vectors')}, not the classifier's archive: it has no "
+                        f"cases to show (benchmarks/task3_large.py measures such indexes); build the archive with "
+                        f"`python task3/build_index.py`")
     if not isinstance(meta, dict) or "index_sha256" not in meta:
         raise UserError(f"{meta_path(path)} records no digest of {path.name} (written by an older build); {rebuild}")
     if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:

@@ -5,14 +5,20 @@
     python task3/build_index.py --metric cosine --index_type hnsw --out /tmp/hnsw.faiss
     python task3/build_index.py --backend milvus                # Milvus Lite, runs/default/task3_milvus.db
     python task3/build_index.py --backend milvus --uri http://localhost:19530   # a Milvus server
+    python task3/build_index.py --vectors embeddings.npy --out big.faiss    # millions of vectors, streamed
 
 Writes <out> (FAISS index) and <out stem>.json (row -> split, index, label; metric; the checkpoint's
 SHA-256; build parameters), both atomically; with --backend milvus, the collection --collection at --uri
 instead (the same vectors and metadata, built under a temporary name and swapped in when complete). Exact search suits archives up to about a million cases
-on one machine; see the README for when to pick HNSW or IVF.
+on one machine; see the README for when to pick HNSW or IVF. With --vectors, a .npy file of vectors
+(float16 or float32, rows x dim, read in chunks: it may be larger than memory) is indexed instead, into
+an IVF-HNSW-SQ8 index (--factory) with a build record beside it, resumable after a kill (rerun the same
+command); benchmarks/task3_large.py measures such indexes at 1M-10M vectors.
 """
+from pathlib import Path
+
 from pneumo.archive import ArchiveSource, build_archive, written_where
-from pneumo.atomic import check_writable
+from pneumo.atomic import check_writable, write_json_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int, ranged
@@ -21,31 +27,44 @@ from pneumo.errors import run_script
 from pneumo.milvus_archive import connect
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, IndexSpec, meta_path
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
+from pneumo.streamed_index import LARGE_FACTORY, VECTOR_FILE_INDEX, build_streamed, record_path
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_shared_flags(p, "size", "checkpoint", "split", "data_root", "out", "device", "backend", "uri", "collection",
+    add_shared_flags(p, "size", "checkpoint", "split", "data_root", "out", "device", "backend", "uri", "collection", "seed",
                      size=INFERENCE_SIZE,
                      checkpoint=dict(help=f"classifier whose embeddings are indexed (default {DEFAULT_CHECKPOINT})"),
                      split=dict(nargs="+", default=["train", "val"],
                                 help="splits in the archive (default train val; add test to index it too)"),
                      out=dict(default=DEFAULT_RUN / INDEX_NAME,
                               help=f"index file (default {DEFAULT_RUN / INDEX_NAME}; the shipped one is {DEFAULT_INDEX})"))
-    p.add_argument("--index_type", default="flat", choices=INDEX_TYPES, help="flat = exact (default); hnsw / ivf = approximate, for large archives")
+    p.add_argument("--index_type", default="flat", choices=INDEX_TYPES,
+                   help="flat = exact (default); hnsw / ivf / ivf_sq8 = approximate, for large archives "
+                        "(ivf_sq8: 8-bit codes, a quarter of the memory)")
     p.add_argument("--metric", default="l2", choices=METRICS, help="l2 distance (default) or cosine similarity")
     p.add_argument("--hnsw_m", type=ranged(int, 2, 512), default=32, help="HNSW links per node, 2 to 512 (default 32)")
     p.add_argument("--ef_search", type=positive_int, default=64, help="HNSW search breadth (default 64)")
     p.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(N))")
     p.add_argument("--nprobe", type=positive_int, default=16, help="IVF cells visited per query (default 16)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    large = p.add_argument_group("a vector file larger than memory (instead of the classifier's embeddings)")
+    large.add_argument("--vectors", type=Path, help="a .npy file of vectors (rows x dim, float16 or float32)")
+    large.add_argument("--rows", type=positive_int, help="index only the first ROWS rows (default all)")
+    large.add_argument("--factory", default=LARGE_FACTORY, help=f"FAISS index factory string (default {LARGE_FACTORY})")
+    large.add_argument("--train_size", type=positive_int, default=327_680,
+                       help="rows drawn to train the quantizers (default 327,680: 20 per cell of the default)")
     args = p.parse_args(argv)
+    if args.vectors and args.backend != "faiss":
+        p.error("--vectors builds a FAISS index; the Milvus mapping of it is IVF_SQ8 (see the README)")
     if len(set(args.split)) != len(args.split):
         p.error("--split lists a split twice")
     return args
 
 
 def main(args):
+    if args.vectors:
+        return index_vector_file(args)
     source = ArchiveSource.from_args(args, index=args.out)
     if args.backend == "faiss":
         check_writable(args.out, "file")
@@ -66,6 +85,17 @@ def main(args):
     counts = {c: sum(r["label"] == c for r in rows) for c in CLASS_NAMES}
     print(f"indexed {len(rows)} cases from {'+'.join(args.split)} ({counts}) in a {args.index_type} {args.metric} index; "
           f"{written_where(source)}")
+
+
+def index_vector_file(args):
+    """--vectors: the streamed, resumable IVF-HNSW-SQ8 build, and its record beside the index."""
+    check_writable(args.out, "file")
+    run = print_run_header("build_index", args)
+    record = build_streamed(args.vectors, args.out, rows=args.rows, factory=args.factory, train_size=args.train_size,
+                            seed=args.seed)
+    write_json_atomic(record_path(args.out), {"kind": VECTOR_FILE_INDEX, **run, **record})
+    print(f"indexed {record['ntotal']:,} vectors of {args.vectors} in {args.factory} ({record['train_s']:.0f} s training, "
+          f"{record['add_s']:.0f} s adding); wrote {args.out} and {record_path(args.out)}")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_an_interrupted_build_leaves_the_old_collection(archives, trained_checkp
     assert client.get_collection_stats("task3_archive")["row_count"] == 352
 
 
-@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf", "ivf_sq8"])
 def test_approximate_milvus_indexes_find_the_exact_neighbours(index_type, trained_checkpoint, synthetic_root, tmp_path):
     clf = Classifier.load(trained_checkpoint)
     vectors = clf.embed(load_split(synthetic_root, "train", 28)[0])
@@ -114,7 +114,8 @@ def test_the_case_viewer_reads_the_archive_from_milvus(archives, trained_checkpo
     assert "milvus index: 352 archived cases" in app.footer(on_milvus) and "built from this checkpoint: yes" in app.footer(on_milvus)
 
 
-@pytest.mark.parametrize("spec,asked", [(IndexSpec("hnsw", hnsw_m=8), {"M": 8}), (IndexSpec("ivf", nlist=8, nprobe=4), {"nlist": 8})])
+@pytest.mark.parametrize("spec,asked", [(IndexSpec("hnsw", hnsw_m=8), {"M": 8}), (IndexSpec("ivf", nlist=8, nprobe=4), {"nlist": 8}),
+                                        (IndexSpec("ivf_sq8", nlist=8, nprobe=4), {"nlist": 8})])
 def test_the_index_the_engine_built_is_the_one_asked(spec, asked, trained_checkpoint, synthetic_root, tmp_path):
     """Issue 21: the build parameters reach Milvus Lite (it reads them only nested under "params"), as read
     back from the engine with describe_index, and the archive records what the engine built."""
@@ -124,7 +125,7 @@ def test_the_index_the_engine_built_is_the_one_asked(spec, asked, trained_checkp
     with milvus_archive.building(str(tmp_path / "a.db"), "asked", vectors, rows, spec, progress=False) as index:
         described = index.client.describe_index(index.collection, index_name="vector")
         recorded = index.meta.build["engine_index"]
-    assert described["index_type"] == {"hnsw": "HNSW", "ivf": "IVF_FLAT"}[spec.index_type]
+    assert described["index_type"] == {"hnsw": "HNSW", "ivf": "IVF_FLAT", "ivf_sq8": "IVF_SQ8"}[spec.index_type]
     assert {k: int(v) for k, v in described["params"].items() if k in asked} == asked
     assert recorded["index_type"] == described["index_type"] and all(recorded["params"][k] == v for k, v in asked.items())
 

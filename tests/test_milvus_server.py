@@ -4,10 +4,8 @@ after. The same client code as for Milvus Lite and for a current Milvus Standalo
 flat, the index read back is the one asked for, a stale checkpoint refused, an interrupted build leaves the
 old collection answering. Slow (a server start is about 10 s): the quick run skips it, scripts/test.sh and
 CI run it."""
+import json
 import os
-import shutil
-import socket
-import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from conftest import error_line, interrupt_milvus_build, run_cli
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
 from pneumo.data import load_split
+from pneumo.milvus_archive import local_server
 from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import IndexSpec, search
 from pneumo.runtime import UserError
@@ -26,24 +25,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server():
     try:
-        from milvus import MilvusServer
+        import milvus  # noqa: F401
     except ImportError:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true needs the Milvus server tests: pip install -r requirements.txt (PyPI's milvus 2.3.5)")
         pytest.skip("PyPI's milvus package (the server binary) is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = tempfile.mkdtemp(prefix="pneumo-milvus-")
-    milvus = MilvusServer()
-    milvus.set_base_dir(base)
-    milvus.listen_port = port
-    milvus.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        milvus.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with local_server() as (uri, _):
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +99,20 @@ def test_an_interrupted_build_leaves_the_old_collection_answering(server, archiv
     assert client.describe_collection("task3_archive")["properties"]["meta"] == before
     server_hits, _ = hits(ArchiveSource("milvus", uri=server, collection="task3_archive"), trained_checkpoint, synthetic_root)
     assert len(server_hits) == 96 and all(len(h) == 5 for h in server_hits)
+
+
+def test_the_backend_benchmark_builds_what_it_reports_on_all_three_engines(tmp_path):
+    """benchmarks/task3_backends.py on a small archive: every row's index is the one read back from its
+    engine with the asked parameters, and exact search is exact on each."""
+    from conftest import run_script
+    result = run_script("benchmarks/task3_backends.py", "--sizes", "3000", "--hnsw_max", "3000", "--single", "30",
+                        "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "benchmark_task3_backends.json").read_text())["rows"]
+    assert [(r["backend"], r["index"].split()[0]) for r in rows] == [
+        (b, kind) for kind in ("flat", "ivf", "hnsw") for b in ("faiss", "milvus-lite", "milvus-server")]
+    expected = {"flat": "FLAT {}", "ivf": 'IVF_FLAT {"nlist": 76}', "hnsw": 'HNSW {"M": 32, "efConstruction": 80}'}
+    for row in rows:
+        assert row["built"] == expected[row["index"].split()[0]], row
+        assert row["recall@10"] == 1.0 or row["index"] != "flat", row
+        assert row["recall@10"] >= 0.9, row

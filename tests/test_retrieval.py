@@ -16,7 +16,7 @@ def rows_for(n):
     return [{"split": "train", "index": i, "label": "pneumonia" if i % 2 else "normal"} for i in range(n)]
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf", "ivf_sq8"])
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_each_index_type_finds_the_exact_neighbours_on_clustered_data(index_type, metric):
     rng = np.random.default_rng(0)
