@@ -96,7 +96,27 @@ def task3_context(results: Path, models: Path) -> dict:
             "agreement": read_json(first_existing("task3_backend_agreement.json", results, PUBLISHED)),
             "backends": {(r["n"], r["backend"], r["index"].split()[0]): r for r in backends["rows"]},
             "backend_sizes": sorted({r["n"] for r in backends["rows"]}),
-            "backends_file": first_existing("benchmark_task3_backends.md", results, PUBLISHED)}
+            "backend_names": [b for b in ("faiss", "milvus-lite", "milvus-server") if any(r["backend"] == b for r in backends["rows"])],
+            "backends_cores": backends.get("cores"),
+            "backends_file": first_existing("benchmark_task3_backends.md", results, PUBLISHED),
+            **large_context(results)}
+
+
+def large_context(results: Path) -> dict:
+    """The 1M-10M benchmark, where it was run: for each size, the fastest setting that reaches the goal's
+    recall, else the most accurate one."""
+    path = first_existing("benchmark_task3_large.json", results, PUBLISHED)
+    if not path.is_file():
+        return {"large": None, "large_server": []}
+    large = read_json(path)
+    rows = [r for r in large["rows"] if r.get("engine", "faiss") == "faiss"]
+    picked = []
+    for n in sorted({r["n"] for r in rows}):
+        at_n = [r for r in rows if r["n"] == n]
+        good = [r for r in at_n if r["recall@10"] >= large["goal"]["recall@10"]]
+        picked.append(min(good, key=lambda r: r["p50_ms"]) if good else max(at_n, key=lambda r: r["recall@10"]))
+    server = [r for r in large["rows"] if r.get("engine") == "milvus-server"]
+    return {"large": large, "large_rows": picked, "large_file": path.with_suffix(".md"), "large_server": server}
 
 
 def render_texts(results, models=None, out=None) -> dict:

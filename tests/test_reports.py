@@ -63,6 +63,14 @@ def test_verdicts_follow_the_numbers(results_copy):
     edit_json(results_copy / "benchmark_task3.json", unmet)
     assert "**is not met**" in render_texts(results_copy)["task3_retrieval.md"]
 
+    def large_unmet(large):
+        large["goal_met_at_nprobe"] = []
+        for row in large["rows"]:
+            row["recall@10"] = 0.5
+    edit_json(results_copy / "benchmark_task3_large.json", large_unmet)
+    text = render_texts(results_copy)["task3_retrieval.md"]
+    assert "**not met**" in text and "recall@10 0.500, " in text and "met at nprobe" not in text
+
 
 def test_a_missing_results_file_is_named_with_its_fix(results_copy):
     (results_copy / "task1_metrics_test.json").unlink()
