@@ -124,6 +124,58 @@ def mean_with_interval(values, n_resamples=1000, seed=0) -> tuple:
     return float(values.mean()), [float(ci.low), float(ci.high)]
 
 
+COVERAGES = (1.0, 0.95, 0.9, 0.8)
+
+
+def certainty_order(probs, threshold: float):
+    """Indices from the most to the least certain decision: by how far P(pneumonia) lies from the
+    threshold, the distance the product's "borderline" status uses (pneumo.screening)."""
+    return np.argsort(-np.abs(np.asarray(probs, dtype=float) - threshold), kind="stable")
+
+
+def selective_accuracy_curve(labels, probs, threshold: float):
+    """(coverage, accuracy) when the model decides only its most certain cases: coverage k/n and the
+    accuracy over those k, for k = 1..n (the risk-coverage curve, risk = 1 - accuracy)."""
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
+    correct = (decide(probs, threshold) == labels)[certainty_order(probs, threshold)]
+    kept = np.arange(1, len(labels) + 1)
+    return kept / len(labels), np.cumsum(correct) / kept
+
+
+def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderline=None) -> dict:
+    """Metrics when the model may abstain on its least certain cases: at each coverage (share of the
+    split decided), the accuracy with a Wilson 95 % interval (scipy.stats.binomtest), sensitivity and
+    specificity over the cases decided, and the distance from the threshold below which it abstains.
+    `borderline` adds the point where it abstains on P within that distance of the threshold. `aurc` is
+    the area under the risk-coverage curve (mean risk over all coverages; lower is better)."""
+    from scipy.stats import binomtest
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
+    order, margin = certainty_order(probs, threshold), np.abs(probs - threshold)
+
+    def point(kept, name, within):
+        m = binary_metrics(labels[kept], probs[kept], threshold) if len(kept) else None
+        correct = m["tp"] + m["tn"] if m else 0
+        ci = binomtest(correct, len(kept)).proportion_ci(method="wilson") if len(kept) else None
+        return {"operating_point": name, "coverage": len(kept) / len(labels), "decided": int(len(kept)),
+                "abstained": int(len(labels) - len(kept)),
+                "abstains_within": float(within),
+                "accuracy": m["accuracy"] if m else float("nan"),
+                "accuracy_ci95": [float(ci.low), float(ci.high)] if ci else [float("nan")] * 2,
+                "sensitivity": m["recall"] if m else float("nan"),
+                "specificity": m["specificity"] if m else float("nan"),
+                "fp": m["fp"] if m else 0, "fn": m["fn"] if m else 0}
+
+    points = []
+    for c in coverages:
+        k = max(1, round(c * len(labels)))
+        points.append(point(order[:k], f"decides {100 * c:g} %", margin[order[k]] if k < len(labels) else 0.0))
+    if borderline is not None:
+        points.append(point(np.flatnonzero(margin >= borderline), f"abstains within {borderline} of the threshold", borderline))
+    _, accuracy = selective_accuracy_curve(labels, probs, threshold)
+    return {"threshold": float(threshold), "ranked_by": "|P(pneumonia) - threshold|",
+            "aurc": float(np.mean(1 - accuracy)), "points": points}
+
+
 def calibration(labels, probs, n_bins=10) -> dict:
     """Brier score and expected calibration error of P(pneumonia) over equal-width bins."""
     from sklearn.metrics import brier_score_loss

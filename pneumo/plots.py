@@ -119,6 +119,26 @@ def plot_reliability(labels, probs, calib, path, split="test"):
     return _save(fig, path)
 
 
+def plot_risk_coverage(labels, probs, threshold, rc, path, split="test"):
+    """Error rate over the cases decided against the share decided, the least certain left out first;
+    the operating points of `rc` (pneumo.metrics.risk_coverage) marked with their 95 % intervals."""
+    from .metrics import selective_accuracy_curve
+    fig, axes = _figure(1, width=5.2)
+    coverage, accuracy = selective_accuracy_curve(labels, probs, threshold)
+    axes[0].plot(100 * coverage, 100 * (1 - accuracy), color="tab:blue",
+                 label=f"ranked by |P - {threshold:.3f}| (AURC {rc['aurc']:.3f})")
+    for p in rc["points"]:
+        err = 100 * (1 - p["accuracy"])
+        lo, hi = 100 * (1 - p["accuracy_ci95"][1]), 100 * (1 - p["accuracy_ci95"][0])
+        marker = "s" if p["operating_point"].startswith("abstains") else "o"
+        axes[0].errorbar(100 * p["coverage"], err, yerr=[[err - lo], [hi - err]], fmt=marker, capsize=3,
+                         label=f"{p['operating_point']}: error {err:.1f} %")
+    axes[0].set(xlabel="cases decided (%)", ylabel="error rate over the cases decided (%)",
+                title=f"risk-coverage, {split} split", xlim=(0, 101), ylim=(0, None))
+    axes[0].legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
 def plot_training_curves(history, best_epoch, path):
     """Loss, val metrics and learning rate per epoch. Val points of epochs evaluated with the raw
     weights are hollow, those of the weight average (EMA) filled; legends sit below the plots."""

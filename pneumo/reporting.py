@@ -51,6 +51,8 @@ def task1_context(results: Path, models: Path) -> dict:
     m05, mthr = metrics["at_0.5"], metrics["at_threshold"]
     return {
         "metrics": metrics, "m05": m05, "mthr": mthr, "history": history,
+        "rc": {p["operating_point"]: p for p in metrics["risk_coverage"]["points"]},
+        "rc_borderline": next(p for p in metrics["risk_coverage"]["points"] if p["operating_point"].startswith("abstains")),
         "first_val_auc": history["epochs"][0]["val_auc"], "last_val_auc": max(e["val_auc"] for e in history["epochs"]),
         "epoch_seconds": epoch_seconds, "epochs": len(history["epochs"]),
         "negatives": metrics["n"] - metrics["positives"],

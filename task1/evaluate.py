@@ -7,7 +7,8 @@
 
 Writes <out>/task1_metrics_<split>.json (accuracy, precision, recall, specificity, F1, ROC AUC,
 PR AUC at 0.5 and at the checkpoint's val-chosen threshold, each with a 95% bootstrap interval;
-Brier score and ECE; the medmnist.Evaluator cross-check), <out>/task1_predictions_<split>.csv and
+Brier score and ECE; accuracy when the model may abstain on its least certain 5/10/20 %, the
+risk-coverage curve; the medmnist.Evaluator cross-check), <out>/task1_predictions_<split>.csv and
 the figures in <out>/figures/. The test split is for the final evaluation of a chosen model only.
 """
 import time
@@ -30,9 +31,9 @@ from pneumo.cli import (
 from pneumo.data import CLASS_NAMES, check_indices, load_split
 from pneumo.errors import run_script
 from pneumo.explain import DEFAULT_LAYER
-from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, with_bootstrap
+from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, risk_coverage, with_bootstrap
 from pneumo.pictures import load_inputs
-from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_roc_pr
+from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_risk_coverage, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import print_run_header, resolve_device
 from pneumo.screening import BORDERLINE, print_flags, screen_inputs, status
@@ -76,6 +77,7 @@ def main(args):
         **run, "checkpoint": clf.meta["path"], "checkpoint_sha256": clf.sha256, "split": args.split,
         "n": int(len(labels)), "positives": int(labels.sum()), "inference_seconds": round(seconds, 3),
         "calibration": calibration(labels, probs),
+        "risk_coverage": risk_coverage(labels, probs, clf.threshold, borderline=BORDERLINE),
     }
     results["at_0.5"], results["at_threshold"] = with_bootstrap(labels, probs, (0.5, clf.threshold),
                                                                 args.n_bootstrap, args.seed)
@@ -87,7 +89,9 @@ def main(args):
                      [[int(i), int(y), f"{p:.6f}", int(d), int(d05)]
                       for i, y, p, d, d05 in zip(indices, labels, probs, clf.decide(probs), decide(probs, 0.5))])
     figures = args.out / "figures"
-    results["figures"] = [str(plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag))]
+    results["figures"] = [str(plot_confusion(labels, probs, clf.threshold, figures / f"task1_confusion_matrix_{tag}.png", tag)),
+                          str(plot_risk_coverage(labels, probs, clf.threshold, results["risk_coverage"],
+                                                 figures / f"task1_risk_coverage_{tag}.png", tag))]
     if len(np.unique(labels)) == 2:
         results["figures"] += [
             str(plot_roc_pr(labels, probs, results, figures / f"task1_roc_pr_{tag}.png", tag)),
@@ -145,6 +149,8 @@ def print_summary(results, path):
             f"{k} {m[k]:.4f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]" for k in CI_METRICS))
     c = results["calibration"]
     print(f"calibration: brier {c['brier']:.4f}  ece {c['ece']:.4f}")
+    print("abstaining on the least certain: " + "  ".join(
+        f"{p['operating_point']} acc {p['accuracy']:.4f}" for p in results["risk_coverage"]["points"]))
     if "medmnist_evaluator" in results:
         e = results["medmnist_evaluator"]
         print(f"medmnist.Evaluator: auc {e['auc']:.4f}  acc {e['accuracy']:.4f}")

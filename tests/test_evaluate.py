@@ -43,8 +43,26 @@ def test_intervals_bracket_the_estimates_and_figures_exist(evaluation):
         for name, (low, high) in metrics[key]["ci95"].items():
             assert low <= metrics[key][name] + 1e-9 and metrics[key][name] <= high + 1e-9
     assert 0 <= metrics["calibration"]["ece"] <= 1 and 0 <= metrics["calibration"]["brier"] <= 1
-    for name in ("confusion_matrix", "roc_pr", "reliability"):
+    for name in ("confusion_matrix", "roc_pr", "reliability", "risk_coverage"):
         assert (evaluation / "figures" / f"task1_{name}_test.png").stat().st_size > 10_000
+
+
+def test_risk_coverage_recomputes_from_the_predictions_file(evaluation):
+    """The abstention table is the one the predictions file gives at the stored threshold (probabilities
+    there are rounded to 6 places, so one case at a cut may swap)."""
+    from pneumo.metrics import risk_coverage
+    from pneumo.screening import BORDERLINE
+    metrics = json.loads((evaluation / "task1_metrics_test.json").read_text())
+    rows = list(csv.DictReader(open(evaluation / "task1_predictions_test.csv")))
+    probs = np.array([float(r["probability"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    rc = metrics["risk_coverage"]
+    assert rc["threshold"] == metrics["at_threshold"]["threshold"]
+    assert rc["points"][0]["accuracy"] == metrics["at_threshold"]["accuracy"]
+    again = risk_coverage(labels, probs, rc["threshold"], borderline=BORDERLINE)
+    for p, q in zip(rc["points"], again["points"], strict=True):
+        assert p["operating_point"] == q["operating_point"] and abs(p["decided"] - q["decided"]) <= 1
+        assert p["accuracy"] == pytest.approx(q["accuracy"], abs=1.01 / p["decided"])
 
 
 def test_failure_cases_are_the_most_confident_mistakes_at_the_stored_threshold(evaluation, trained_checkpoint):

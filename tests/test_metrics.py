@@ -110,3 +110,27 @@ def test_bootstrap_intervals_equal_scipys_plain_bootstrap_of_binary_metrics():
                 plain = bootstrap((labels, probs), one, paired=True, vectorized=False, n_resamples=60, method="percentile",
                                   confidence_level=0.95, random_state=np.random.default_rng(7)).confidence_interval
             assert result["ci95"][name] == pytest.approx([plain.low, plain.high], abs=1e-12), (name, threshold)
+
+
+def test_risk_coverage_abstains_on_the_cases_nearest_the_threshold_first():
+    from pneumo.metrics import risk_coverage
+    # distances from 0.5: the two mistakes (0.55 for a normal film, 0.42 for a pneumonia one) are the closest
+    labels = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    probs = [0.01, 0.1, 0.3, 0.55, 0.2, 0.42, 0.97, 0.8, 0.9, 0.99]
+    rc = risk_coverage(labels, probs, 0.5, coverages=(1.0, 0.9, 0.8, 0.5), borderline=0.06)
+    by = {p["operating_point"]: p for p in rc["points"]}
+    assert [by[f"decides {c} %"]["accuracy"] for c in (100, 90, 80, 50)] == [0.8, 8 / 9, 1.0, 1.0]
+    assert by["decides 90 %"]["fn"] == 1 and by["decides 90 %"]["fp"] == 0  # 0.55 left out, 0.42 still decided
+    assert by["decides 90 %"]["abstains_within"] == pytest.approx(0.05)
+    assert by["decides 80 %"]["decided"] == 8 and by["decides 80 %"]["specificity"] == 1.0
+    assert by["abstains within 0.06 of the threshold"]["decided"] == 9  # only 0.55 is within 0.06
+    for p in rc["points"]:
+        assert p["accuracy_ci95"][0] <= p["accuracy"] <= p["accuracy_ci95"][1]
+    # mean risk over coverages 1/10 .. 10/10: zero until the 9th case (0.42), then 1/9 and 2/10
+    assert rc["aurc"] == pytest.approx((1 / 9 + 2 / 10) / 10)
+
+
+def test_risk_coverage_of_a_constant_model_does_not_improve_with_abstention():
+    from pneumo.metrics import risk_coverage
+    rc = risk_coverage([0, 1] * 50, [0.7] * 100, 0.5, coverages=(1.0, 0.8))
+    assert [p["accuracy"] for p in rc["points"]] == [0.5, 0.5]
