@@ -26,6 +26,7 @@ DEFAULT_COLLECTION = "task3_archive"
 INSERT_BATCH = 5_000
 SEARCH_BATCH = 1_000
 BUILD_TIMEOUT = 3_600  # s: the longest wait for an index build before it is called failed
+ETCD_PEER_PORT = 2380  # fixed in the PyPI server's embedded etcd; one local server per machine
 _MILVUS_METRIC = {"l2": "L2", "cosine": "IP"}
 _MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivf_sq8": "IVF_SQ8"}
 
@@ -42,6 +43,12 @@ def local_server():
         from milvus import MilvusServer
     except ImportError:
         raise UserError("a local Milvus server needs PyPI's milvus package (Linux x86-64): pip install milvus") from None
+    with socket.socket() as s:
+        try:  # the one port this build cannot move: a second server would hang for minutes, then fail
+            s.bind(("127.0.0.1", ETCD_PEER_PORT))
+        except OSError:
+            raise UserError(f"a local Milvus server is already running here (its embedded etcd holds 127.0.0.1:"
+                            f"{ETCD_PEER_PORT}, a port this Milvus build cannot move): use it, or stop it first") from None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -310,7 +310,8 @@ def test_a_one_class_subset_is_evaluated_with_a_note(trained_checkpoint, synthet
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "task1_metrics_test_subset.json").read_text())
     assert "need both classes" in written["note"] and "note:" in result.stdout
-    assert [Path(f).name for f in written["figures"]] == ["task1_confusion_matrix_test_subset.png"]
+    assert [Path(f).name for f in written["figures"]] == ["task1_confusion_matrix_test_subset.png",  # need no AUC
+                                                           "task1_risk_coverage_test_subset.png"]
 
 
 # ---- DICOM headers real files carry ----------------------------------------------------------------------
