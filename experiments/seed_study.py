@@ -63,7 +63,7 @@ def main(args):
 def recipe(train_args):
     """The flags that shape the result, as the run recorded them; flags older runs lack get their
     value from before the flag existed."""
-    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black"}
+    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black", "mixup": 0.0}
     return {k: train_args.get(k, before.get(k)) for k in RECIPE_FLAGS if k != "seed"}
 
 

@@ -19,7 +19,7 @@ from .model import unwrap
 from .runtime import UserError, resolve_device
 
 # Flags that change the result; a resumed run must use the same ones.
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup",
                 "class_weight", "aug_border", "ema_decay", "bn_stats", "seed", "size", "amp")
 
 
@@ -89,8 +89,9 @@ def make_ema(model, decay):
 @dataclass
 class Trainer:
     """What one optimiser step needs: the model (DDP-wrapped or not), optimiser, per-step schedule, loss
-    scaler (fp16 only), criterion, device, autocast dtype (None: fp32), and the weight average (ema, None
-    when off) that starts after ema_start optimiser steps."""
+    scaler (fp16 only), criterion, device, autocast dtype (None: fp32), the weight average (ema, None
+    when off) that starts after ema_start optimiser steps, and a batch mixer (mix: torchvision's
+    transforms.v2.MixUp, None when off) that turns each batch and its labels into mixed pairs."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -100,6 +101,7 @@ class Trainer:
     amp_dtype: torch.dtype | None = None
     ema: object = None
     ema_start: int = 0
+    mix: object = None
 
 
 def train_one_epoch(trainer: Trainer, loader, desc=None):
@@ -108,7 +110,10 @@ def train_one_epoch(trainer: Trainer, loader, desc=None):
     t.model.train()
     total, count = 0.0, 0
     for step, (images, labels) in enumerate(tqdm(loader, desc=desc, disable=desc is None, leave=False), 1):
-        x = normalize(images).to(t.device, memory_format=torch.channels_last)
+        x = normalize(images)
+        if t.mix is not None:  # soft labels (N, 2) from here on; the class-weighted loss takes them as they are
+            x, labels = t.mix(x, labels)
+        x = x.to(t.device, memory_format=torch.channels_last)
         y = labels.to(t.device)
         with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
             loss = t.criterion(t.model(x), y)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchvision.transforms import v2
 
 from pneumo.atomic import check_writable, file_sha256, save_torch_atomic, write_json_atomic
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
@@ -53,6 +54,9 @@ def parse_args(argv=None):
                    help="linear warm-up before cosine decay, in epochs (default 1; a fifth of the run when it "
                         "is a single epoch)")
     p.add_argument("--label_smoothing", type=fraction, default=0.0, help="cross-entropy label smoothing (default 0: keeps probabilities calibrated)")
+    p.add_argument("--mixup", type=non_negative_float, default=0.0,
+                   help="MixUp: train on pairs of images blended with a Beta(a, a) weight, labels blended alike "
+                        "(torchvision.transforms.v2.MixUp; default 0: off; 0.2-0.4 is usual)")
     p.add_argument("--class_weight", choices=["balanced", "none"], default="balanced",
                    help="balanced (default): each class weighs half of the loss, so P = 0.5 means even odds "
                         "whatever the training mix (train is 74 %% pneumonia); none: plain cross-entropy")
@@ -128,8 +132,9 @@ def main(args):
         state = load_resume_state(resume_path, args, model, optimizer, scheduler, scaler, ema)
         if is_main:
             print(f"resuming after epoch {state['epoch']} from {resume_path}")
+    mix = v2.MixUp(alpha=args.mixup, num_classes=2) if args.mixup else None
     trainer = Trainer(wrap_distributed(model, device, world_size), optimizer, scheduler, scaler, criterion, device,
-                      amp_dtype, ema, ema_start)
+                      amp_dtype, ema, ema_start, mix)
     if is_main:
         run.update(world_size=world_size, steps_per_epoch=len(loader), device=str(device), amp=str(amp_dtype))
         print(f"device {device} x{world_size}  amp {amp_dtype}  train {len(train_labels)}  val {len(val_labels)}  "

@@ -113,6 +113,41 @@ def test_balanced_class_weights_give_each_class_half_the_loss():
         balanced_class_weights(torch.ones(8, dtype=torch.long))
 
 
+def test_mixup_trains_on_blended_pairs_with_the_class_weighted_loss():
+    """--mixup hands the loss blended images and soft labels (torchvision's MixUp); without it, hard labels."""
+    from torch import nn
+    from torchvision.transforms import v2
+
+    from pneumo.training import Trainer, train_one_epoch
+    torch.manual_seed(0)
+    images = torch.cat([torch.zeros(16, 1, 28, 28), torch.ones(16, 1, 28, 28)])
+    labels = torch.tensor([0] * 16 + [1] * 16)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=32, shuffle=True)
+    seen = []
+
+    class Recorder(nn.CrossEntropyLoss):
+        def forward(self, logits, target):
+            seen.append(target.detach().clone())
+            return super().forward(logits, target)
+
+    for mix in (None, v2.MixUp(alpha=0.4, num_classes=2)):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        trainer = Trainer(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+                          torch.amp.GradScaler("cpu", enabled=False), Recorder(weight=torch.tensor([2.0, 0.67])),
+                          torch.device("cpu"), mix=mix)
+        assert np.isfinite(train_one_epoch(trainer, loader))
+    plain, mixed = seen
+    assert plain.dtype == torch.long and mixed.shape == (32, 2) and mixed.dtype.is_floating_point
+    assert torch.allclose(mixed.sum(1), torch.ones(32)) and ((mixed > 0.001) & (mixed < 0.999)).any()
+
+
+def test_a_mixup_run_records_its_setting(synthetic_root, tmp_path):
+    done = run_cli(train, *train_args(synthetic_root, tmp_path / "m.pth"), "--mixup", "0.3")
+    assert done.returncode == 0, done.stderr
+    assert Classifier.load(tmp_path / "m.pth").meta["train_args"]["mixup"] == 0.3
+
+
 def test_bad_flags_and_missing_data_fail_in_one_line(tmp_path):
     bad = run_cli(train, "--epochs", "0")
     assert bad.returncode == 2 and "argument --epochs: must be at least 1" in bad.stderr
