@@ -7,14 +7,13 @@
 Each checkpoint was chosen on val by train.py; here each sees the test split once. Writes
 <out>/task1_seeds.json and <out>/task1_seeds.md; AUC and ACC are cross-checked with medmnist.Evaluator.
 """
-import numpy as np
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
 from pneumo.data import load_split
 from pneumo.errors import run_script
-from pneumo.metrics import binary_metrics, medmnist_check
+from pneumo.metrics import binary_metrics, mean_sd, medmnist_check
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device
 from pneumo.training import RECIPE_FLAGS
 
@@ -50,9 +49,7 @@ def main(args):
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"checkpoints share seeds {seeds}; give one checkpoint per seed")
-    summary = {key: {m: {"mean": float(np.mean([r[key][m] for r in runs])),
-                         "std": float(np.std([r[key][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0}
-                     for m in SHOWN} for key in ("at_0.5", "at_threshold")}
+    summary = {key: {m: mean_sd([r[key][m] for r in runs]) for m in SHOWN} for key in ("at_0.5", "at_threshold")}
     result = {**run, "split": args.split, "runs": runs, "summary": summary}
     write_json_atomic(args.out / "task1_seeds.json", result)
     write_text_atomic(args.out / "task1_seeds.md", markdown(result))

@@ -115,6 +115,12 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
 
 
+def mean_sd(values) -> dict:
+    """{"mean", "std"} of per-seed values: the sample standard deviation, 0 for a single value."""
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
 def mean_with_interval(values, n_resamples=1000, seed=0) -> tuple:
     """The mean of `values` and its 95 % percentile bootstrap interval (scipy.stats.bootstrap)."""
     from scipy.stats import bootstrap
@@ -153,17 +159,16 @@ def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderli
     order, margin = certainty_order(probs, threshold), np.abs(probs - threshold)
 
     def point(kept, name, within):
-        m = binary_metrics(labels[kept], probs[kept], threshold) if len(kept) else None
-        correct = m["tp"] + m["tn"] if m else 0
-        ci = binomtest(correct, len(kept)).proportion_ci(method="wilson") if len(kept) else None
-        return {"operating_point": name, "coverage": len(kept) / len(labels), "decided": int(len(kept)),
-                "abstained": int(len(labels) - len(kept)),
-                "abstains_within": float(within),
-                "accuracy": m["accuracy"] if m else float("nan"),
-                "accuracy_ci95": [float(ci.low), float(ci.high)] if ci else [float("nan")] * 2,
-                "sensitivity": m["recall"] if m else float("nan"),
-                "specificity": m["specificity"] if m else float("nan"),
-                "fp": m["fp"] if m else 0, "fn": m["fn"] if m else 0}
+        head = {"operating_point": name, "coverage": len(kept) / len(labels), "decided": int(len(kept)),
+                "abstained": int(len(labels) - len(kept)), "abstains_within": float(within)}
+        if not len(kept):  # the band holds every case back: nothing decided, nothing to score
+            nan = float("nan")
+            return {**head, "accuracy": nan, "accuracy_ci95": [nan, nan], "sensitivity": nan, "specificity": nan,
+                    "fp": 0, "fn": 0}
+        m = binary_metrics(labels[kept], probs[kept], threshold)
+        ci = binomtest(m["tp"] + m["tn"], len(kept)).proportion_ci(method="wilson")
+        return {**head, "accuracy": m["accuracy"], "accuracy_ci95": [float(ci.low), float(ci.high)],
+                "sensitivity": m["recall"], "specificity": m["specificity"], "fp": m["fp"], "fn": m["fn"]}
 
     points = []
     for c in coverages:

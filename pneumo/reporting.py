@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import mean_sd
 from .runtime import REPO_ROOT, UserError
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
@@ -92,11 +93,6 @@ def task1_context(results: Path, models: Path) -> dict:
         "checkpoint_file": "task1_model.pth" if models == results else "../models/task1_model.pth",
         "history_file": ("task1_model_history.json" if models == results else "../models/task1_model_history.json"),
     }
-
-
-def mean_sd(values) -> dict:
-    """{"mean", "std"} as the seed studies write them (sample standard deviation)."""
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
 
 
 def task3_context(results: Path, models: Path) -> dict:
