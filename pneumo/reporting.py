@@ -40,6 +40,7 @@ LEVERS = (("bn_running_bf16", "the default recipe, 5 epochs, bf16"),
           ("e15", "the same, 15 epochs"),
           ("e15_mixup", "15 epochs, MixUp α 0.2"))
 GOAL_24 = {"auc": 0.985, "accuracy": 0.95, "p_at_5": 0.92}  # test, three-seed means; accuracy at the val thresholds
+SHIPPED_RECIPE = "e15"  # the seed study of the recipe that made models/task1_model.pth (its seed 0)
 
 
 def task1_context(results: Path, models: Path) -> dict:
@@ -49,7 +50,7 @@ def task1_context(results: Path, models: Path) -> dict:
     studies = {name: read_json(EXPERIMENTS / "results" / name / "task1_seeds.json")
                for name in ("seeds", "unweighted", "black_border", "no_ema", "balanced_b64")}
     histories = {name: read_json(EXPERIMENTS / "histories" / f"{name}_history.json")
-                 for name in ("seed1", "seed2", "raw_seed0", "raw_seed1", "raw_seed2", "balanced_b64_seed0")}
+                 for name in (f"{SHIPPED_RECIPE}_seed1", f"{SHIPPED_RECIPE}_seed2", "raw_seed0", "raw_seed1", "raw_seed2", "balanced_b64_seed0")}
     levers = {name: {split: read_json(EXPERIMENTS / "results" / (name if split == "test" else f"{name}_val") / "task1_seeds.json")
                      for split in ("val", "test")} for name, _ in LEVERS}
     e15_retrieval = [read_json(EXPERIMENTS / "results" / "e15" / f"task3_retrieval_eval_seed{seed}.json")["metrics"]
@@ -58,8 +59,9 @@ def task1_context(results: Path, models: Path) -> dict:
     tta_mean = {(split, views): {m: float(np.mean([r[m] for r in tta["rows"] if r["split"] == split
                                                   and r["views"] == views])) for m in ("auc", "accuracy", "nll")}
                 for split in ("val", "test") for views in ("one view", "9 views")}
-    seeds = studies["seeds"]
-    epoch_seconds = [sum(e["seconds"] for e in h["epochs"]) for h in (history, histories["seed1"], histories["seed2"])]
+    seeds = levers[SHIPPED_RECIPE]["test"]
+    epoch_seconds = [sum(e["seconds"] for e in h["epochs"])
+                     for h in (history, histories[f"{SHIPPED_RECIPE}_seed1"], histories[f"{SHIPPED_RECIPE}_seed2"])]
     m05, mthr = metrics["at_0.5"], metrics["at_threshold"]
     return {
         "metrics": metrics, "m05": m05, "mthr": mthr, "history": history,
@@ -69,7 +71,8 @@ def task1_context(results: Path, models: Path) -> dict:
         "epoch_seconds": epoch_seconds, "epochs": len(history["epochs"]),
         "negatives": metrics["n"] - metrics["positives"],
         "seeds": seeds, "studies": studies,
-        "best_seed_accuracy": max(seeds["runs"], key=lambda r: r["at_0.5"]["accuracy"])["seed"],
+        "shipped_recipe": SHIPPED_RECIPE, "threshold_rules": read_json(EXPERIMENTS / "results" / "threshold_rules" / "threshold_rules.json"),
+        "best_val_seed": max(seeds["runs"], key=lambda r: r["val_auc"])["seed"],
         "lowest_seed_auc": min(seeds["runs"], key=lambda r: r["at_0.5"]["auc"]),
         "seeds_below_925": [r for r in seeds["runs"] if r["at_threshold"]["accuracy"] < 0.925],
         "targets_met": (seeds["summary"]["at_0.5"]["auc"]["mean"] > 0.974
@@ -81,7 +84,7 @@ def task1_context(results: Path, models: Path) -> dict:
         "mirrored_lowest_auc": min(r["at_0.5"]["auc"] for r in studies["unweighted"]["runs"]),
         "black_highest_auc": max(r["at_0.5"]["auc"] for r in studies["black_border"]["runs"]),
         "specificity_change": [(r0["seed"], r0["at_threshold"]["specificity"], r1["at_threshold"]["specificity"])
-                               for r0, r1 in zip(studies["unweighted"]["runs"], seeds["runs"])
+                               for r0, r1 in zip(studies["unweighted"]["runs"], studies["seeds"]["runs"])
                                if r1["at_threshold"]["specificity"] < r0["at_threshold"]["specificity"]],
         "e15_p5": {group: mean_sd([m[group]["precision@5"] for m in e15_retrieval]) for group in ("overall", "normal")},
         "tta": tta_mean, "levers": levers, "lever_names": dict(LEVERS), "goal24": GOAL_24,
