@@ -71,6 +71,7 @@ def task1_context(results: Path, models: Path) -> dict:
         "epoch_seconds": epoch_seconds, "epochs": len(history["epochs"]),
         "negatives": metrics["n"] - metrics["positives"],
         "seeds": seeds, "studies": studies,
+        "retrieval_head": read_json(EXPERIMENTS / "results" / "retrieval_head" / "retrieval_head.json"),
         "shipped_recipe": SHIPPED_RECIPE, "threshold_rules": read_json(EXPERIMENTS / "results" / "threshold_rules" / "threshold_rules.json"),
         "best_val_seed": max(seeds["runs"], key=lambda r: r["val_auc"])["seed"],
         "lowest_seed_auc": min(seeds["runs"], key=lambda r: r["at_0.5"]["auc"]),
