@@ -15,7 +15,7 @@ from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics, mean_sd, medmnist_check
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device
-from pneumo.training import RECIPE_FLAGS
+from pneumo.training import recipe_of
 
 SHOWN = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 
@@ -41,7 +41,7 @@ def main(args):
         probs = clf.predict_proba(images)
         meta = clf.meta
         runs.append({"checkpoint": str(path), "sha256": clf.sha256, "seed": meta["train_args"].get("seed"),
-                     "recipe": recipe(meta["train_args"]),
+                     "recipe": recipe_of(meta["train_args"]),
                      "best_epoch": meta["epoch"], "val_auc": meta["val_metrics"]["at_0.5"]["auc"],
                      "at_0.5": binary_metrics(labels, probs, 0.5),
                      "at_threshold": binary_metrics(labels, probs, clf.threshold),
@@ -55,13 +55,6 @@ def main(args):
     write_text_atomic(args.out / "task1_seeds.md", markdown(result))
     print(markdown(result))
     return result
-
-
-def recipe(train_args):
-    """The flags that shape the result, as the run recorded them; flags older runs lack get their
-    value from before the flag existed."""
-    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black", "mixup": 0.0}
-    return {k: train_args.get(k, before.get(k)) for k in RECIPE_FLAGS if k != "seed"}
 
 
 def markdown(result):

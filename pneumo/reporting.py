@@ -9,6 +9,7 @@ import numpy as np
 
 from .metrics import mean_sd
 from .runtime import REPO_ROOT, UserError
+from .training import recipe_of
 
 TEMPLATES = Path(__file__).resolve().parent / "report_templates"
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -60,8 +61,8 @@ def task1_context(results: Path, models: Path) -> dict:
                                                   and r["views"] == views])) for m in ("auc", "accuracy", "nll")}
                 for split in ("val", "test") for views in ("one view", "9 views")}
     seeds = levers[SHIPPED_RECIPE]["test"]
-    epoch_seconds = [sum(e["seconds"] for e in h["epochs"])
-                     for h in (history, histories[f"{SHIPPED_RECIPE}_seed1"], histories[f"{SHIPPED_RECIPE}_seed2"])]
+    epoch_seconds = [sum(e["seconds"] for e in histories[f"{SHIPPED_RECIPE}_seed{i}"]["epochs"]) for i in (1, 2)]
+    shipped_epochs = seeds["runs"][0]["recipe"]["epochs"]
     m05, mthr = metrics["at_0.5"], metrics["at_threshold"]
     return {
         "metrics": metrics, "m05": m05, "mthr": mthr, "history": history,
@@ -69,6 +70,8 @@ def task1_context(results: Path, models: Path) -> dict:
         "rc_borderline": next(p for p in metrics["risk_coverage"]["points"] if p["operating_point"].startswith("abstains")),
         "first_val_auc": history["epochs"][0]["val_auc"], "last_val_auc": max(e["val_auc"] for e in history["epochs"]),
         "epoch_seconds": epoch_seconds, "epochs": len(history["epochs"]),
+        "run_seconds": sum(e["seconds"] for e in history["epochs"]), "shipped_epochs": shipped_epochs,
+        "same_recipe": recipe_of(history["args"]) == seeds["runs"][0]["recipe"],
         "negatives": metrics["n"] - metrics["positives"],
         "seeds": seeds, "studies": studies,
         "retrieval_head": read_json(EXPERIMENTS / "results" / "retrieval_head" / "retrieval_head.json"),

@@ -23,6 +23,13 @@ RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
                 "class_weight", "aug_border", "ema_decay", "bn_stats", "seed", "size", "amp")
 
 
+def recipe_of(train_args: dict) -> dict:
+    """The flags that shape the result (seed aside), as a run recorded them; flags older runs lack get
+    their value from before the flag existed."""
+    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black", "mixup": 0.0}
+    return {k: train_args.get(k, before.get(k)) for k in RECIPE_FLAGS if k != "seed"}
+
+
 def setup_distributed(device_name):
     """Single process, or one of several started by torchrun (RANK/WORLD_SIZE in the environment)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -52,6 +52,22 @@ def test_every_quoted_metric_follows_its_file(results_copy):
     assert "| normal | 0.312 |" in texts["task3_retrieval.md"]
 
 
+def test_a_run_of_another_recipe_is_not_called_a_seed_of_the_shipped_one(results_copy):
+    """A run of the main command (5 epochs) renders its own report: its own training time, and the seed study
+    named as the shipped recipe's, not as this checkpoint's."""
+    shipped = " ".join(render_texts(results_copy)["task1_classification_report.md"].split())
+    assert "This checkpoint is seed 0 of the shipped recipe" in shipped and "other two seeds took" in shipped
+
+    def five_epochs(h):
+        h["args"]["epochs"] = 5
+        h["epochs"] = h["epochs"][:5]
+    edit_json(results_copy / "task1_model_history.json", five_epochs)
+    report = " ".join(render_texts(results_copy)["task1_classification_report.md"].split())
+    assert "This checkpoint was trained for 5 epochs; the seed study below is of the shipped 15-epoch recipe." in report
+    assert "This checkpoint is seed" not in report
+    assert "other two seeds took" not in report and "`--epochs 15`, bf16 autocast" in report
+
+
 def test_verdicts_follow_the_numbers(results_copy):
     edit_json(results_copy / "task1_gradcam_faithfulness_test.json",
               lambda f: f["maps"]["layer4"].update(deletion_auc=0.95, deletion_auc_ci95=[0.94, 0.96]))
