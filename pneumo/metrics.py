@@ -133,30 +133,42 @@ def mean_with_interval(values, n_resamples=1000, seed=0) -> tuple:
 COVERAGES = (1.0, 0.95, 0.9, 0.8)
 
 
-def certainty_order(probs, threshold: float):
-    """Indices from the most to the least certain decision: by how far P(pneumonia) lies from the
-    threshold, the distance the product's "borderline" status uses (pneumo.screening)."""
-    return np.argsort(-np.abs(np.asarray(probs, dtype=float) - threshold), kind="stable")
+def _log_odds(p):
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
 
 
-def selective_accuracy_curve(labels, probs, threshold: float):
+# How far a decision lies from the threshold. "probability": |P - t|, the distance of the product's
+# "borderline" status (pneumo.screening). "log_odds": |logit P - logit t|, which treats both sides of a
+# threshold far from 0.5 alike (at t = 0.1, P = 0.01 and P = 0.5 are equally far from it).
+MARGINS = {"probability": ("|P(pneumonia) - threshold|", lambda p, t: np.abs(np.asarray(p, dtype=float) - t)),
+           "log_odds": ("|logit P(pneumonia) - logit threshold|", lambda p, t: np.abs(_log_odds(p) - _log_odds(t)))}
+RANKING = "probability"
+
+
+def certainty_order(probs, threshold: float, ranking=RANKING):
+    """Indices from the most to the least certain decision, by the margin named `ranking` (MARGINS)."""
+    return np.argsort(-MARGINS[ranking][1](probs, threshold), kind="stable")
+
+
+def selective_accuracy_curve(labels, probs, threshold: float, ranking=RANKING):
     """(coverage, accuracy) when the model decides only its most certain cases: coverage k/n and the
     accuracy over those k, for k = 1..n (the risk-coverage curve, risk = 1 - accuracy)."""
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
-    correct = (decide(probs, threshold) == labels)[certainty_order(probs, threshold)]
+    correct = (decide(probs, threshold) == labels)[certainty_order(probs, threshold, ranking)]
     kept = np.arange(1, len(labels) + 1)
     return kept / len(labels), np.cumsum(correct) / kept
 
 
-def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderline=None) -> dict:
+def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderline=None, ranking=RANKING) -> dict:
     """Metrics when the model may abstain on its least certain cases: at each coverage (share of the
     split decided), the accuracy with a Wilson 95 % interval (scipy.stats.binomtest), sensitivity and
-    specificity over the cases decided, and the distance from the threshold below which it abstains.
+    specificity over the cases decided, and the margin (MARGINS[ranking]) below which it abstains.
     `borderline` adds the point where it abstains on P within that distance of the threshold. `aurc` is
     the area under the risk-coverage curve (mean risk over all coverages; lower is better)."""
     from scipy.stats import binomtest
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
-    order, margin = certainty_order(probs, threshold), np.abs(probs - threshold)
+    order, margin = certainty_order(probs, threshold, ranking), MARGINS[ranking][1](probs, threshold)
 
     def point(kept, name, within):
         head = {"operating_point": name, "coverage": len(kept) / len(labels), "decided": int(len(kept)),
@@ -175,9 +187,10 @@ def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderli
         k = max(1, round(c * len(labels)))
         points.append(point(order[:k], f"decides {100 * c:g} %", margin[order[k]] if k < len(labels) else 0.0))
     if borderline is not None:
-        points.append(point(np.flatnonzero(margin >= borderline), f"abstains within {borderline} of the threshold", borderline))
-    _, accuracy = selective_accuracy_curve(labels, probs, threshold)
-    return {"threshold": float(threshold), "ranked_by": "|P(pneumonia) - threshold|",
+        points.append(point(np.flatnonzero(np.abs(probs - threshold) >= borderline),
+                            f"abstains within {borderline} of the threshold", borderline))
+    _, accuracy = selective_accuracy_curve(labels, probs, threshold, ranking)
+    return {"threshold": float(threshold), "ranking": ranking, "ranked_by": MARGINS[ranking][0],
             "aurc": float(np.mean(1 - accuracy)), "points": points}
 
 
