@@ -61,6 +61,9 @@ def task1_context(results: Path, models: Path) -> dict:
                                                   and r["views"] == views])) for m in ("auc", "accuracy", "nll")}
                 for split in ("val", "test") for views in ("one view", "9 views")}
     seeds = levers[SHIPPED_RECIPE]["test"]
+    risk_ranking = read_json(EXPERIMENTS / "results" / "risk_ranking" / "risk_ranking.json")
+    for r in risk_ranking["runs"]:
+        r["log_odds_lower"] = r["val_aurc"]["log_odds"] < r["val_aurc"]["probability"]
     epoch_seconds = [sum(e["seconds"] for e in histories[f"{SHIPPED_RECIPE}_seed{i}"]["epochs"]) for i in (1, 2)]
     shipped_epochs = seeds["runs"][0]["recipe"]["epochs"]
     m05, mthr = metrics["at_0.5"], metrics["at_threshold"]
@@ -74,6 +77,7 @@ def task1_context(results: Path, models: Path) -> dict:
         "same_recipe": recipe_of(history["args"]) == seeds["runs"][0]["recipe"],
         "negatives": metrics["n"] - metrics["positives"],
         "seeds": seeds, "studies": studies,
+        "risk_ranking": risk_ranking,
         "retrieval_head": read_json(EXPERIMENTS / "results" / "retrieval_head" / "retrieval_head.json"),
         "shipped_recipe": SHIPPED_RECIPE, "threshold_rules": read_json(EXPERIMENTS / "results" / "threshold_rules" / "threshold_rules.json"),
         "best_val_seed": max(seeds["runs"], key=lambda r: r["val_auc"])["seed"],
