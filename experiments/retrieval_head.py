@@ -8,7 +8,6 @@ done on val: val queries against a train-only archive, P@5 with and without the 
 --read_test: test queries against the product's archive (train + val), for both. Exact L2 search (FAISS).
 Writes <out>/retrieval_head.json and .md.
 """
-import faiss
 import numpy as np
 from sklearn.neighbors import NeighborhoodComponentsAnalysis
 
@@ -18,6 +17,7 @@ from pneumo.cli import add_shared_flags, make_parser, positive_int
 from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import mean_sd
+from pneumo.retrieval import EXACT, build_index, prepare
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
 
 K = 5
@@ -36,10 +36,9 @@ def parse_args(argv=None):
 
 
 def precision_at_k(archive, archive_labels, queries, query_labels, k=K):
-    """Share of each query's k nearest archive vectors (exact L2) with the query's label: overall and per class."""
-    index = faiss.IndexFlatL2(archive.shape[1])
-    index.add(np.ascontiguousarray(archive, dtype=np.float32))
-    _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    """Share of each query's k nearest archive vectors (the product's exact L2 index) with the query's label:
+    overall and per class."""
+    _, ids = build_index(archive, EXACT).search(prepare(queries, EXACT.metric), k)
     same = archive_labels[ids] == query_labels[:, None]
     return {"overall": float(same.mean()), "normal": float(same[query_labels == 0].mean()),
             "pneumonia": float(same[query_labels == 1].mean())}

@@ -9,7 +9,6 @@ pneumo.metrics.MARGINS. Writes <out>/risk_ranking.json and .md. Test is not read
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import MARGINS, mean_sd, risk_coverage
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
@@ -31,8 +30,7 @@ def main(args):
     runs = []
     for path in args.checkpoints:
         clf = Classifier.load(path, device)
-        images, labels = load_split(args.data_root, "val", clf.image_size)
-        probs = clf.predict_proba(images)
+        labels, probs = clf.predict_split(args.data_root, "val")
         runs.append({"checkpoint": str(path), "seed": clf.meta["train_args"].get("seed"), "threshold": clf.threshold,
                      "val_aurc": {name: risk_coverage(labels, probs, clf.threshold, ranking=name)["aurc"] for name in MARGINS}})
     result = {**run, "runs": runs, "adopted": adopted(runs),

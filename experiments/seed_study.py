@@ -11,7 +11,6 @@ Each checkpoint was chosen on val by train.py; here each sees the test split onc
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics, mean_sd, medmnist_check
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, resolve_device
@@ -37,8 +36,7 @@ def main(args):
     runs = []
     for path in args.checkpoints:
         clf = Classifier.load(path, device)
-        images, labels = load_split(args.data_root, args.split, clf.image_size)
-        probs = clf.predict_proba(images)
+        labels, probs = clf.predict_split(args.data_root, args.split)
         meta = clf.meta
         runs.append({"checkpoint": str(path), "sha256": clf.sha256, "seed": meta["train_args"].get("seed"),
                      "recipe": recipe_of(meta["train_args"]),

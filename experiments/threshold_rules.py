@@ -16,7 +16,6 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
 from pneumo.cli import add_shared_flags, make_parser
-from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics, mean_sd, youden_threshold
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
@@ -80,15 +79,13 @@ def main(args):
     runs = []
     for path in args.checkpoints:
         clf = Classifier.load(path, device)
-        images, labels = load_split(args.data_root, "val", clf.image_size)
-        probs = clf.predict_proba(images)
+        labels, probs = clf.predict_split(args.data_root, "val")
         entry = {"checkpoint": str(path), "sha256": clf.sha256, "seed": clf.meta["train_args"].get("seed"),
                  "val_thresholds": {name: rule(labels, probs) for name, rule in RULES.items()},
                  "held_out": held_out(labels, probs, args.folds, args.repeats)}
         if args.read_test:
-            test_images, test_labels = load_split(args.data_root, "test", clf.image_size)
-            entry["test"] = binary_metrics(test_labels, clf.predict_proba(test_images),
-                                           entry["val_thresholds"][args.read_test])
+            test_labels, test_probs = clf.predict_split(args.data_root, "test")
+            entry["test"] = binary_metrics(test_labels, test_probs, entry["val_thresholds"][args.read_test])
         runs.append(entry)
         print(f"seed {entry['seed']}: " + "  ".join(f"{n} {entry['held_out'][n]['balanced_accuracy']:.4f}" for n in RULES))
     summary = {name: {m: mean_sd([r["held_out"][name][m] for r in runs]) for m in HELD_OUT + ("threshold",)}

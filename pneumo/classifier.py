@@ -4,7 +4,7 @@ input size, normalisation and val-chosen threshold."""
 import numpy as np
 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .data import CLASS_NAMES
+from .data import CLASS_NAMES, load_split
 from .explain import DEFAULT_LAYER, gradcam_maps
 from .inference import embed_and_predict, embed_images, predict_proba
 from .metrics import decide
@@ -52,6 +52,11 @@ class Classifier:
             raise UserError(f"the classifier {self.meta['path']} gave a non-finite probability for {bad} of "
                             f"{len(probs)} images; no label is given. Check the checkpoint and --device")
         return probs
+
+    def predict_split(self, data_root, split: str):
+        """(labels, P(pneumonia)) of a whole dataset split, read at the checkpoint's input size."""
+        images, labels = load_split(data_root, split, self.image_size)
+        return labels, self.predict_proba(images)
 
     def decide(self, probs) -> np.ndarray:
         """Class index per probability: pneumonia strictly above the stored threshold (medmnist's rule)."""

@@ -187,7 +187,7 @@ def risk_coverage(labels, probs, threshold: float, coverages=COVERAGES, borderli
         k = max(1, round(c * len(labels)))
         points.append(point(order[:k], f"decides {100 * c:g} %", margin[order[k]] if k < len(labels) else 0.0))
     if borderline is not None:
-        points.append(point(np.flatnonzero(np.abs(probs - threshold) >= borderline),
+        points.append(point(np.flatnonzero(MARGINS["probability"][1](probs, threshold) >= borderline),
                             f"abstains within {borderline} of the threshold", borderline))
     _, accuracy = selective_accuracy_curve(labels, probs, threshold, ranking)
     return {"threshold": float(threshold), "ranking": ranking, "ranked_by": MARGINS[ranking][0],
