@@ -13,10 +13,11 @@ from sklearn.neighbors import NeighborhoodComponentsAnalysis
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, make_parser, positive_int
+from pneumo.cli import add_shared_flags, make_parser, positive_int, ranged
 from pneumo.data import load_split
 from pneumo.errors import run_script
 from pneumo.metrics import mean_sd
+from pneumo.model import EMBEDDING_DIM
 from pneumo.retrieval import EXACT, build_index, prepare
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
 
@@ -26,7 +27,8 @@ K = 5
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="one checkpoint per seed")
-    p.add_argument("--components", type=positive_int, default=64, help="dimensions of the head's output (default 64)")
+    p.add_argument("--components", type=ranged(int, 1, EMBEDDING_DIM), default=64,
+                   help=f"dimensions of the head's output, 1 to {EMBEDDING_DIM} (default 64)")
     p.add_argument("--max_iter", type=positive_int, default=100, help="NCA optimiser iterations (default 100)")
     p.add_argument("--read_test", action="store_true", help="also score test queries against the train+val archive")
     add_shared_flags(p, "data_root", "out", "device",

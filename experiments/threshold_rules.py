@@ -15,7 +15,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.classifier import Classifier
-from pneumo.cli import add_shared_flags, make_parser
+from pneumo.cli import add_shared_flags, make_parser, positive_int, ranged
 from pneumo.errors import run_script
 from pneumo.metrics import binary_metrics, mean_sd, youden_threshold
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
@@ -46,8 +46,8 @@ HELD_OUT = ("balanced_accuracy", "accuracy", "recall", "specificity")
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--checkpoints", nargs="+", required=True, help="one checkpoint per seed")
-    p.add_argument("--folds", type=int, default=5, help="val folds (default 5)")
-    p.add_argument("--repeats", type=int, default=20, help="repetitions of the fold split (default 20)")
+    p.add_argument("--folds", type=ranged(int, 2, 50), default=5, help="val folds, 2 to 50 (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="repetitions of the fold split (default 20)")
     p.add_argument("--read_test", choices=sorted(RULES), help="score test once with this rule's val threshold")
     add_shared_flags(p, "data_root", "out", "device",
                      out=dict(default=DEFAULT_RUN / "threshold_rules",

@@ -23,6 +23,12 @@ def test_plan_chooses_the_head_only_past_the_spread():
     assert retrieval_head.chosen([run(0.97, 0.97), run(0.97, 0.97)]) == "embedding"
 
 
+def test_a_head_wider_than_the_embedding_is_refused_by_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        retrieval_head.parse_args(["--checkpoints", "a.pth", "--components", "513"])
+    assert exit_.value.code == 2 and "--components" in capsys.readouterr().err
+
+
 def test_study_scores_the_embedding_as_a_brute_force_search_does(trained_checkpoint, synthetic_root, tmp_path):
     result = retrieval_head.main(retrieval_head.parse_args([
         "--checkpoints", str(trained_checkpoint), "--data_root", str(synthetic_root), "--device", "cpu",

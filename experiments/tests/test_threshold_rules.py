@@ -28,6 +28,13 @@ def test_plan_keeps_youden_unless_a_rule_wins_for_every_checkpoint():
     assert threshold_rules.adopted([run({"youden": 0.95}), run({"youden": 0.95})]) == "youden"
 
 
+@pytest.mark.parametrize("flag", [["--folds", "1"], ["--repeats", "0"]])
+def test_a_split_that_cannot_be_made_is_refused_by_the_flags(flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        threshold_rules.parse_args(["--checkpoints", "a.pth", *flag])
+    assert exit_.value.code == 2 and flag[0] in capsys.readouterr().err
+
+
 def test_study_reads_test_only_when_asked(trained_checkpoint, synthetic_root, tmp_path):
     common = ["--checkpoints", str(trained_checkpoint), "--data_root", str(synthetic_root), "--device", "cpu",
               "--repeats", "2"]
