@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .atomic import file_sha256
+from .calibration import IDENTITY
 from .data import CLASS_NAMES, SIZES
 from .model import ARCH, build_model, unwrap
 from .runtime import UserError
@@ -17,7 +18,8 @@ DEFAULT_CHECKPOINT = "models/task1_model.pth"
 CHECKPOINT_NAME = "task1_model.pth"  # the checkpoint inside a run folder
 REQUIRED_KEYS = ("format_version", "arch", "in_channels", "image_size", "class_names",
                  "normalization", "threshold", "state_dict")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added "calibration"; a format-1 checkpoint still loads, its P uncalibrated
+READABLE_VERSIONS = (1, 2)
 
 
 def _number(value) -> bool:
@@ -34,6 +36,9 @@ SCHEMA = {
                       and v["std"] > 0, "{'mean': a number, 'std': a number above 0}"),
     "threshold": (lambda v: _number(v) and 0.0 <= v <= 1.0, "a probability in [0, 1]"),
 }
+CALIBRATION_CHECK = (lambda v: isinstance(v, dict) and v.get("method") in ("none", "platt") and _number(v.get("slope"))
+                     and v["slope"] > 0 and _number(v.get("intercept")),
+                     "{'method': 'platt', 'slope': a number above 0, 'intercept': a number}")
 # Fields a checkpoint of this project carries for the record; when present, they must have this type.
 RECORD_TYPES = {"val_metrics": dict, "train_args": dict, "epoch": int, "data_sha256": str, "versions": dict,
                 "git_commit": str}
@@ -45,6 +50,9 @@ def check_metadata(payload: dict, path) -> None:
         if not ok(payload[name]):
             raise UserError(f"{path}: checkpoint field {name!r} is {str(repr(payload[name]))[:60]}, expected "
                             f"{expected}; refused (use a checkpoint written by task1/train.py)")
+    if payload["format_version"] >= 2 and not CALIBRATION_CHECK[0](payload.get("calibration")):
+        raise UserError(f"{path}: checkpoint field 'calibration' is {str(repr(payload.get('calibration')))[:60]}, expected "
+                        f"{CALIBRATION_CHECK[1]}; refused (use a checkpoint written by task1/train.py)")
     for name, kind in RECORD_TYPES.items():
         if name in payload and not (isinstance(payload[name], kind) and not isinstance(payload[name], bool)):
             raise UserError(f"{path}: checkpoint field {name!r} is a {type(payload[name]).__name__}, expected a "
@@ -62,14 +70,16 @@ def library_versions() -> dict:
             "medmnist": str(getattr(medmnist, "__version__", "unknown"))}
 
 
-def make_checkpoint(model, *, image_size: int, normalization: dict, threshold: float,
+def make_checkpoint(model, *, image_size: int, normalization: dict, threshold: float, calibration: dict,
                     val_metrics: dict, train_args: dict, data_sha256: str, epoch: int) -> dict:
+    """`threshold` is on the P(pneumonia) scale that `calibration` (pneumo.calibration) gives."""
     model = unwrap(model)
     return {
         "format_version": FORMAT_VERSION, "arch": ARCH,
         "in_channels": model.conv1.in_channels, "image_size": image_size,
         "class_names": list(CLASS_NAMES), "normalization": dict(normalization),
-        "threshold": float(threshold), "val_metrics": dict(val_metrics), "epoch": int(epoch),
+        "threshold": float(threshold), "calibration": dict(calibration),
+        "val_metrics": dict(val_metrics), "epoch": int(epoch),
         "train_args": dict(train_args), "data_sha256": data_sha256, "versions": library_versions(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
@@ -114,9 +124,9 @@ def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)})")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} is in checkpoint format {payload['format_version']!r}; this code reads format "
-                        f"{FORMAT_VERSION}: retrain with this code's task1/train.py")
+    if payload["format_version"] not in READABLE_VERSIONS:
+        raise UserError(f"{path} is in checkpoint format {payload['format_version']!r}; this code reads formats "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}: retrain with this code's task1/train.py")
     if payload["arch"] != ARCH:
         raise UserError(f"{path} holds architecture {payload['arch']!r}; this code runs {ARCH!r}")
     check_metadata(payload, path)
@@ -131,6 +141,7 @@ def load_checkpoint(path=DEFAULT_CHECKPOINT, device="cpu"):
     if broken:
         raise UserError(f"{path} holds non-finite weights (NaN or inf in {', '.join(broken[:3])}); refused")
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta.setdefault("calibration", dict(IDENTITY))  # format 1: P as the network gives it
     meta["sha256"] = file_sha256(path)
     meta["path"] = str(path)
     return model.to(device).eval(), meta

@@ -3,10 +3,11 @@ the scripts ask of it (probabilities, decisions, embeddings, Grad-CAM maps) at t
 input size, normalisation and val-chosen threshold."""
 import numpy as np
 
+from .calibration import calibrate
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import CLASS_NAMES, load_split
 from .explain import DEFAULT_LAYER, gradcam_maps
-from .inference import embed_and_predict, embed_images, predict_proba
+from .inference import embed_and_logits, embed_images, predict_logits
 from .metrics import decide
 from .runtime import UserError
 
@@ -30,6 +31,11 @@ class Classifier:
         return float(self.meta["threshold"])
 
     @property
+    def calibration(self) -> dict:
+        """How the network's log-odds become the P(pneumonia) shown (pneumo.calibration; identity for format 1)."""
+        return self.meta["calibration"]
+
+    @property
     def normalization(self) -> dict:
         return self.meta["normalization"]
 
@@ -44,9 +50,10 @@ class Classifier:
                             f"checkpoint trained at that size (python task1/train.py --size {size})")
 
     def predict_proba(self, images, batch_size=256, desc=None) -> np.ndarray:
-        """P(pneumonia) of uint8 images (N, size, size); a non-finite probability is refused, never
+        """Calibrated P(pneumonia) of uint8 images (N, size, size); a non-finite probability is refused, never
         turned into a label."""
-        probs = predict_proba(self.model, images, self.normalization, self.device, batch_size, desc)
+        z = predict_logits(self.model, images, self.normalization, self.device, batch_size, desc)
+        probs = calibrate(z, self.calibration) if np.isfinite(z).all() else np.full(len(z), np.nan)
         bad = int((~np.isfinite(probs)).sum())
         if bad:
             raise UserError(f"the classifier {self.meta['path']} gave a non-finite probability for {bad} of "
@@ -74,7 +81,8 @@ class Classifier:
 
     def embed_and_predict(self, images, batch_size=256, desc=None):
         """(embeddings, P(pneumonia)) from one forward pass, with the checks of embed and predict_proba."""
-        vectors, probs = embed_and_predict(self.model, images, self.normalization, self.device, batch_size, desc)
+        vectors, z = embed_and_logits(self.model, images, self.normalization, self.device, batch_size, desc)
+        probs = calibrate(z, self.calibration) if np.isfinite(z).all() else np.full(len(z), np.nan)
         if not (np.isfinite(vectors).all() and np.isfinite(probs).all()):
             raise UserError(f"the classifier {self.meta['path']} gave non-finite outputs; no label is given and "
                             f"nothing is searched. Check the checkpoint and --device")

@@ -95,23 +95,35 @@ def normalize(images_uint8: torch.Tensor, normalization=NORMALIZATION) -> torch.
     return (x - normalization["mean"]) / normalization["std"]
 
 
-def train_augmentation(size: int, border: str = "reflect") -> v2.Compose:
+def train_augmentation(size: int, border: str = "reflect", corruptions: str = "none") -> v2.Compose:
     """Small affine and intensity changes a chest X-ray can plausibly show; no flips: the heart
     sits on the left, so a mirrored film is not a realistic sample.
 
     border="reflect" (default) mirrors the film outwards first (a margin of a fifth of the side),
     transforms, and crops the centre back, so the result has no empty border. border="black" fills
     what the shift, rotation or zoom-out uncovers with zeros: a fifth of the edge pixels of augmented
-    images are then black, against 0.4 % in real films. Shifts are the same in pixels either way."""
+    images are then black, against 0.4 % in real films. Shifts are the same in pixels either way.
+
+    corruptions="medmnistc" first applies one of MedMNIST-C's corruptions (or none) at a random severity
+    (pneumo.corruptions.RandomCorruption), as the paper's training-time augmentation does; "augmix" applies
+    torchvision's AugMix (Hendrycks et al. 2020) instead."""
     if border not in ("black", "reflect"):
         raise ValueError(f"border must be 'black' or 'reflect', not {border!r}")
     margin = math.ceil(size / 5) if border == "reflect" else 0
     padded = size + 2 * margin
     affine = v2.RandomAffine(degrees=10, translate=(0.06 * size / padded,) * 2, scale=(0.9, 1.1))
     jitter = v2.ColorJitter(brightness=0.2, contrast=0.2)
+    if corruptions not in ("none", "medmnistc", "augmix"):
+        raise ValueError(f"corruptions must be 'none', 'medmnistc' or 'augmix', not {corruptions!r}")
+    first = []
+    if corruptions == "medmnistc":
+        from .corruptions import RandomCorruption
+        first = [RandomCorruption()]
+    elif corruptions == "augmix":
+        first = [v2.AugMix()]
     if border == "black":
-        return v2.Compose([affine, jitter])
-    return v2.Compose([v2.Pad(margin, padding_mode="reflect"), affine, v2.CenterCrop(size), jitter])
+        return v2.Compose([*first, affine, jitter])
+    return v2.Compose([*first, v2.Pad(margin, padding_mode="reflect"), affine, v2.CenterCrop(size), jitter])
 
 
 class XrayDataset(torch.utils.data.Dataset):

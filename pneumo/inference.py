@@ -25,12 +25,20 @@ def predict_proba(model, images, normalization, device="cpu", batch_size=256, de
                        lambda m, x: torch.softmax(m(x), dim=1)[:, 1], batch_size, desc)
 
 
-def embed_and_predict(model, images, normalization, device="cpu", batch_size=256, desc=None):
-    """(512-d embeddings, P(pneumonia)) per image from one forward pass (the classifier's head reads the
-    embedding), for callers that need both."""
+def predict_logits(model, images, normalization, device="cpu", batch_size=256, desc=None):
+    """The log-odds score z = logit(pneumonia) - logit(normal) per image: P(pneumonia) = sigmoid(z) before
+    any calibration (pneumo.calibration)."""
+    return run_batches(model, images, normalization, device,
+                       lambda m, x: (lambda out: out[:, 1] - out[:, 0])(m(x)), batch_size, desc)
+
+
+def embed_and_logits(model, images, normalization, device="cpu", batch_size=256, desc=None):
+    """(512-d embeddings, log-odds scores as predict_logits gives them) per image from one forward pass (the
+    classifier's head reads the embedding), for callers that need both."""
     def both(m, x):
         vectors = m.embed(x)
-        return torch.cat([vectors, torch.softmax(m.fc(vectors), dim=1)[:, 1:]], dim=1)
+        out = m.fc(vectors)
+        return torch.cat([vectors, out[:, 1:] - out[:, :1]], dim=1)
     out = run_batches(model, images, normalization, device, both, batch_size, desc)
     return out[:, :-1], out[:, -1]
 

@@ -20,13 +20,13 @@ from .runtime import UserError, resolve_device
 
 # Flags that change the result; a resumed run must use the same ones.
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup",
-                "class_weight", "aug_border", "ema_decay", "bn_stats", "seed", "size", "amp")
+                "class_weight", "aug_border", "corruption_aug", "ema_decay", "bn_stats", "seed", "size", "amp")
 
 
 def recipe_of(train_args: dict) -> dict:
     """The flags that shape the result (seed aside), as a run recorded them; flags older runs lack get
     their value from before the flag existed."""
-    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black", "mixup": 0.0}
+    before = {"ema_decay": 0.0, "class_weight": "none", "aug_border": "black", "mixup": 0.0, "corruption_aug": "none"}
     return {k: train_args.get(k, before.get(k)) for k in RECIPE_FLAGS if k != "seed"}
 
 

@@ -19,6 +19,14 @@ if [ ! -d .venv/transformers4/transformers ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/transformers4 \
         "transformers==4.56.*" "huggingface_hub>=0.34,<1.0" "tokenizers>=0.22,<0.23" 2>&1 | grep -v "^WARNING: Location" || true
 fi
+# MedMNIST-C's library (medmnistc 0.1.0), only to check pneumo/corruptions.py against it
+# (tests/test_corruptions.py): without its pins (scikit-image 0.23.2, medmnist 3.0.1), which would
+# downgrade the environment, and without ImageMagick, which only its unused blur module needs.
+if ! .venv/bin/python -c "import medmnistc" 2>/dev/null; then
+    echo "installing medmnistc (no dependencies) for the corruption test"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "medmnistc==0.1.0" "opencv-python-headless>=4.8" \
+        2>&1 | grep -v "^WARNING: Location" || true
+fi
 echo "ruff check (pyproject.toml's [tool.ruff])"
 .venv/bin/ruff check .
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg

@@ -21,12 +21,14 @@ from torch import nn
 from torchvision.transforms import v2
 
 from pneumo.atomic import check_writable, file_sha256, save_torch_atomic, write_json_atomic
+from pneumo.calibration import RULES, calibrate, fit_decision_rule
 from pneumo.checkpoint import CHECKPOINT_NAME, DEFAULT_CHECKPOINT, make_checkpoint
 from pneumo.cli import add_shared_flags, fraction, make_parser, non_negative_float, positive_int, ranged
+from pneumo.corruptions import corrupted_copies
 from pneumo.data import NORMALIZATION, XrayDataset, ensure_data_file, load_split, require_both_classes, train_augmentation
 from pneumo.errors import run_script
-from pneumo.inference import predict_proba
-from pneumo.metrics import binary_metrics, youden_threshold
+from pneumo.inference import predict_logits, predict_proba
+from pneumo.metrics import binary_metrics
 from pneumo.model import build_model, unwrap
 from pneumo.plots import plot_training_curves
 from pneumo.runtime import DEFAULT_RUN, UserError, print_run_header, seed_everything
@@ -63,6 +65,15 @@ def parse_args(argv=None):
     p.add_argument("--aug_border", choices=["reflect", "black"], default="reflect",
                    help="what augmentation puts where a shift, turn or zoom-out uncovers the border: the film "
                         "mirrored outwards (default) or black, which no real film shows")
+    p.add_argument("--corruption_aug", choices=["none", "medmnistc", "augmix"], default="none",
+                   help="medmnistc: before the affine and jitter, one of MedMNIST-C's PneumoniaMNIST corruptions (or none, "
+                        "one chance in 14) at a random severity per image (pneumo.corruptions); augmix: torchvision's "
+                        "AugMix instead (default none)")
+    p.add_argument("--decision_rule", choices=RULES, default="youden_clean",
+                   help="how the stored calibration (Platt scaling, classes weighted equally) and threshold are fitted on val: "
+                        "youden_clean = on the clean val films, threshold at Youden's J; even_odds_* = threshold 0.5; "
+                        "*_shifted = on the val films pooled with their 65 MedMNIST-C copies (experiments/shift_study.py "
+                        "chose the default)")
     p.add_argument("--ema_decay", type=fraction, default=0.97,
                    help="per-step decay of the weight average kept after warm-up (default 0.97: about the last "
                         "epoch of 36 steps; 0 turns it off and the raw weights are selected)")
@@ -111,7 +122,7 @@ def main(args):
     seed_everything(args.seed)
     model = build_model().to(device).to(memory_format=torch.channels_last)
     per_process_batch = max(1, args.batch_size // world_size)
-    train_set = XrayDataset(train_images, train_labels, transform=train_augmentation(args.size, args.aug_border))
+    train_set = XrayDataset(train_images, train_labels, transform=train_augmentation(args.size, args.aug_border, args.corruption_aug))
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world_size, rank=rank,
                                                   shuffle=True, seed=args.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(train_set, batch_size=per_process_batch, sampler=sampler,
@@ -192,22 +203,28 @@ def finish(args, run, state, model, device, val_images, val_labels, data_path) -
     False (and the checkpoint at failed_path) when the run did not beat chance on val."""
     best = unwrap(model)
     best.load_state_dict(state["best_state"], strict=True)
-    val_probs = predict_proba(best, val_images, NORMALIZATION, device)
-    threshold = youden_threshold(val_labels, val_probs)
+    val_z = predict_logits(best, val_images, NORMALIZATION, device)
+    shifted_z = None
+    if args.decision_rule.endswith("_shifted"):
+        copies = corrupted_copies(val_images, seed=0)
+        shifted_z = predict_logits(best, copies.reshape(-1, *copies.shape[-2:]), NORMALIZATION, device).reshape(copies.shape[:3])
+    calibration, threshold = fit_decision_rule(val_z, val_labels, args.decision_rule, shifted_z)
+    val_probs = calibrate(val_z, calibration)
     val_metrics = {"at_0.5": binary_metrics(val_labels, val_probs),
                    "at_threshold": binary_metrics(val_labels, val_probs, threshold)}
     checkpoint = make_checkpoint(best, image_size=args.size, normalization=NORMALIZATION,
-                                 threshold=threshold, val_metrics=val_metrics, train_args=run["args"],
-                                 data_sha256=file_sha256(data_path), epoch=state["best_epoch"])
+                                 threshold=threshold, calibration=calibration, val_metrics=val_metrics,
+                                 train_args=run["args"], data_sha256=file_sha256(data_path), epoch=state["best_epoch"])
     checkpoint["git_commit"] = run["git_commit"]
     learned = state["best_auc"] >= 0.5 + CHANCE_MARGIN
     save_torch_atomic(checkpoint, args.out if learned else failed_path(args.out))
     history_path = args.out.with_name(args.out.stem + "_history.json")
-    write_json_atomic(history_path, {**run, "best_epoch": state["best_epoch"], "threshold": threshold,
+    write_json_atomic(history_path, {**run, "best_epoch": state["best_epoch"], "threshold": threshold, "calibration": calibration,
                                      "val_metrics": val_metrics, "epochs": state["history"]})
     figure = plot_training_curves(state["history"], state["best_epoch"], args.reports / "figures" / "task1_training_curves.png")
     print(f"best epoch {state['best_epoch']}  val_auc {val_metrics['at_0.5']['auc']:.4f}  "
-          f"threshold {threshold:.3f} (Youden on val)  val_acc@thr {val_metrics['at_threshold']['accuracy']:.4f}")
+          f"threshold {threshold:.3f} ({args.decision_rule} on val, Platt slope {calibration['slope']:.3f} intercept "
+          f"{calibration['intercept']:.3f})  val_acc@thr {val_metrics['at_threshold']['accuracy']:.4f}")
     print(f"wrote {args.out if learned else failed_path(args.out)}, {history_path}, {figure}")
     return learned
 
