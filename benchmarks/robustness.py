@@ -10,7 +10,7 @@ per corruption, the paper's relative balanced error rBE = (mean BE over severiti
 (AlexNet's mean BE - AlexNet's clean BE), with AlexNet's PneumoniaMNIST-C numbers from the paper's library
 (medmnistc/utils/baselines.py; they were measured on 224-px films, these on 28-px ones). Writes
 <out>/task1_robustness_<split>.json and <out>/figures/task1_robustness_<split>.png and
-task1_reliability_<split>.png.
+task1_calibration_shift_<split>.png.
 """
 import numpy as np
 from scipy.special import expit
@@ -107,7 +107,7 @@ def main(args):
               "true_share": float(labels.mean())}
     figures = args.out / "figures"
     result["figures"] = [str(plot_robustness(table, clean, figures / f"task1_robustness_{args.split}.png", args.split)),
-                         str(plot_calibration(labels, z, shifted_z, cal, figures / f"task1_reliability_{args.split}.png", args.split))]
+                         str(plot_calibration(labels, z, shifted_z, cal, figures / f"task1_calibration_shift_{args.split}.png", args.split))]
     path = args.out / f"task1_robustness_{args.split}.json"
     write_json_atomic(path, result)
     print(f"clean: AUC {clean['auc']:.4f}  accuracy {clean['accuracy']:.4f}  ECE {clean['ece']:.4f} (uncalibrated "

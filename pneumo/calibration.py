@@ -27,20 +27,24 @@ def fit_platt(z, labels, sample_weight=None) -> dict:
     return {"method": "platt", "slope": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
 
 
+def shift_prior(probs, old: float, new: float) -> np.ndarray:
+    """P(pneumonia) calibrated at pneumonia share `old`, re-weighted to share `new` (Bayes' rule)."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return expit(logit(probs) - logit(old) + logit(new))
+
+
 def adapt_to_prior(probs, prior: float = 0.5, tol: float = 1e-6, max_iter: int = 1000):
     """EM re-estimate of the pneumonia share of an unlabelled batch (Saerens et al. 2002), from P(pneumonia)
     calibrated at `prior`. Returns (the batch's estimated share, P re-weighted to that share)."""
-    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
-    base = logit(probs) - logit(prior)  # the likelihood ratio of each film
     share = prior
     for _ in range(max_iter):
-        adapted = expit(base + logit(share))
+        adapted = shift_prior(probs, prior, share)
         new = float(np.clip(adapted.mean(), 1e-6, 1 - 1e-6))
         if abs(new - share) < tol:
             share = new
             break
         share = new
-    return share, expit(base + logit(share))
+    return share, shift_prior(probs, prior, share)
 
 
 # How a checkpoint's calibration and threshold are chosen on val (experiments/shift_study.py compares them):

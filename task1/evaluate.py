@@ -35,8 +35,10 @@ from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, risk
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_risk_coverage, plot_roc_pr
 from pneumo.retrieval import DEFAULT_INDEX
-from pneumo.runtime import print_run_header, resolve_device
+from pneumo.runtime import UserError, print_run_header, resolve_device
 from pneumo.screening import BORDERLINE, print_flags, screen_inputs, status
+
+MIN_BATCH = 20  # --adapt_prior: fewer films say little about a share
 
 
 def parse_args(argv=None):
@@ -52,8 +54,14 @@ def parse_args(argv=None):
                         f"(default {DEFAULT_INDEX}; skipped with a note when missing or stale)")
     p.add_argument("--n_bootstrap", type=ranged(int, 10, 100_000), default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--adapt_prior", action="store_true",
+                   help=f"with --images (at least {MIN_BATCH} films from one place): re-estimate their pneumonia share "
+                        f"without labels (EM, Saerens et al. 2002) and add P re-weighted to it, with the decision at 0.5 "
+                        f"of that P; the films the screen withholds are left out of the estimate")
     args = p.parse_args(argv)
     check_images_or_indices(p, args)
+    if args.adapt_prior and not args.images:
+        p.error("--adapt_prior needs --images: it re-estimates the pneumonia share of a folder of films")
     return args
 
 
@@ -128,18 +136,38 @@ def predict_files(args, clf):
     rows = [{"image": name, "label": label, "probability": float(q), "prediction": clf.label(q),
              "status": status(q, clf.threshold, f), "flags": f}
             for name, label, q, f in zip(names, labels, probs, flags)]
+    if args.adapt_prior:
+        adapt_rows(rows)
     print(f"{'P(pneumonia)':>12}  {'prediction':<10}  {'status':<10}  image   (threshold {clf.threshold:.3f}; "
           f"withheld = input flagged, borderline = within {BORDERLINE} of the threshold)")
     for r in rows:
         print(f"{r['probability']:12.4f}  {r['prediction']:<10}  {r['status'].upper() if r['status'] != 'read' else 'read':<10}  {r['image']}")
     print_flags(names, flags)
+    extra = ["probability_adapted", "prediction_adapted"] if args.adapt_prior else []
     path = write_csv_atomic(args.out / "task1_predictions_images.csv",
-                            ["image", "probability", "prediction", "status", "threshold", "flags"],
+                            ["image", "probability", "prediction", "status", "threshold", "flags", *extra],
                             [[r["image"], repr(r["probability"]), r["prediction"], r["status"], repr(clf.threshold),
-                              "; ".join(r["flags"])]
+                              "; ".join(r["flags"]), *(str(r[k]) for k in extra)]
                              for r in rows])
     print(f"wrote {path}")
     return {"predictions": rows}
+
+
+def adapt_rows(rows) -> float:
+    """--adapt_prior: the batch's pneumonia share by EM over the films not withheld, and each film's P at that share."""
+    from pneumo.calibration import adapt_to_prior, shift_prior
+    kept = [r for r in rows if r["status"] != "withheld"]
+    if len(kept) < MIN_BATCH:
+        raise UserError(f"--adapt_prior needs at least {MIN_BATCH} films that are read (not withheld); "
+                        f"{len(kept)} of {len(rows)} are: give more films from the same place, or leave --adapt_prior out")
+    share, _ = adapt_to_prior([r["probability"] for r in kept], prior=0.5)
+    adapted = shift_prior([r["probability"] for r in rows], 0.5, share)
+    for r, q in zip(rows, adapted):
+        r["probability_adapted"] = float(q)
+        r["prediction_adapted"] = CLASS_NAMES[int(q > 0.5)]
+    print(f"--adapt_prior: estimated pneumonia share of these {len(kept)} films {share:.3f} (P is calibrated at 0.5); "
+          f"P adapted to it and its decision at 0.5 are in the CSV")
+    return share
 
 
 def print_summary(results, path):

@@ -8,12 +8,12 @@ from pneumo.model import build_model
 from pneumo.runtime import UserError
 
 
-def write_checkpoint(path, threshold=0.42):
+def write_checkpoint(path, threshold=0.42, calibration=None):
     torch.manual_seed(0)
     model = build_model()
     ckpt = make_checkpoint(model, image_size=28, normalization={"mean": 0.5, "std": 0.5},
-                           threshold=threshold, val_metrics={"auc": 0.9}, train_args={"lr": 0.002},
-                           data_sha256="ab" * 32, epoch=3)
+                           threshold=threshold, calibration=calibration or {"method": "platt", "slope": 0.8, "intercept": 1.5},
+                           val_metrics={"auc": 0.9}, train_args={"lr": 0.002}, data_sha256="ab" * 32, epoch=3)
     save_torch_atomic(ckpt, path)
     return model.eval()
 
@@ -83,7 +83,38 @@ def test_weights_of_another_shape_are_refused(tmp_path):
 def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
     write_checkpoint(tmp_path / "m.pth")
     payload = torch.load(tmp_path / "m.pth", weights_only=True)
-    payload["format_version"] = 2
-    torch.save(payload, tmp_path / "v2.pth")
-    with pytest.raises(UserError, match="checkpoint format 2; this code reads format 1"):
-        load_checkpoint(tmp_path / "v2.pth")
+    payload["format_version"] = 3
+    torch.save(payload, tmp_path / "v3.pth")
+    with pytest.raises(UserError, match="checkpoint format 3; this code reads formats 1, 2"):
+        load_checkpoint(tmp_path / "v3.pth")
+
+
+def test_calibration_is_stored_and_applied_and_format_1_still_loads(tmp_path):
+    """Format 2 carries Platt scaling, which the Classifier applies to every probability; a format-1 checkpoint
+    (written before issue 32) loads with the network's own P; a broken calibration is refused in one line."""
+    import numpy as np
+    from scipy.special import expit
+
+    from pneumo.classifier import Classifier
+    from pneumo.inference import predict_logits
+    write_checkpoint(tmp_path / "m.pth")
+    clf = Classifier.load(tmp_path / "m.pth")
+    images = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    z = predict_logits(clf.model, images, clf.normalization)
+    np.testing.assert_allclose(clf.predict_proba(images), expit(0.8 * z + 1.5), rtol=1e-6)
+    old = torch.load(tmp_path / "m.pth", weights_only=True)
+    old["format_version"] = 1
+    del old["calibration"]
+    save_torch_atomic(old, tmp_path / "old.pth")
+    before = Classifier.load(tmp_path / "old.pth")
+    assert before.calibration["method"] == "none"
+    np.testing.assert_allclose(before.predict_proba(images), expit(z), rtol=1e-6)
+    for bad in ({"method": "platt", "slope": -1.0, "intercept": 0.0}, {"method": "isotonic", "slope": 1.0, "intercept": 0.0}):
+        broken = dict(old, format_version=2, calibration=bad)
+        save_torch_atomic(broken, tmp_path / "bad.pth")
+        with pytest.raises(UserError, match="calibration"):
+            load_checkpoint(tmp_path / "bad.pth")
+    del broken["calibration"]
+    save_torch_atomic(broken, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match="calibration"):
+        load_checkpoint(tmp_path / "bad.pth")

@@ -113,3 +113,31 @@ def test_user_files_get_a_probability_and_the_stored_decision(trained_checkpoint
     assert probs == pytest.approx(clf.predict_proba(films), abs=1e-6)
     shown = [line.split() for line in result.stdout.splitlines() if line.strip().endswith(".png")]
     assert [s[1] for s in shown] == [r["prediction"] for r in rows]  # the screen says what the file says
+
+
+def test_adapt_prior_estimates_a_folder_share_and_reweights_its_probabilities(trained_checkpoint, synthetic_root, tmp_path):
+    """--adapt_prior on a folder that is mostly one class: the estimated share leans that way, each adapted P is
+    the stored P re-weighted from even odds to that share (Bayes' rule), and its decision is at 0.5 of it."""
+    from PIL import Image
+    from scipy.special import expit, logit
+    images, labels = load_split(synthetic_root, "test")
+    pneumonia = np.flatnonzero(labels == 1)[:22]
+    normal = np.flatnonzero(labels == 0)[:3]
+    paths = []
+    for i in np.concatenate([pneumonia, normal]):
+        paths.append(tmp_path / f"film{i}.png")
+        Image.fromarray(images[i]).resize((112, 112), Image.Resampling.BICUBIC).save(paths[-1])
+    out = tmp_path / "run"
+    result = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--images", *paths, "--device", "cpu", "--out", out, "--adapt_prior")
+    assert result.returncode == 0, result.stderr
+    share = float(result.stdout.split("estimated pneumonia share of these")[1].split()[2])
+    assert share > 0.6
+    rows = list(csv.DictReader(open(out / "task1_predictions_images.csv")))
+    probs = np.array([float(r["probability"]) for r in rows])
+    adapted = np.array([float(r["probability_adapted"]) for r in rows])
+    np.testing.assert_allclose(adapted, expit(logit(np.clip(probs, 1e-12, 1 - 1e-12)) + logit(share)), atol=2e-3)
+    assert [r["prediction_adapted"] for r in rows] == ["pneumonia" if q > 0.5 else "normal" for q in adapted]
+    few = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--images", *paths[:5], "--device", "cpu", "--out", out, "--adapt_prior")
+    assert few.returncode == 1 and "at least 20 films" in error_line(few)
+    no_files = run_cli(evaluate, "--checkpoint", trained_checkpoint, "--device", "cpu", "--out", out, "--adapt_prior")
+    assert no_files.returncode == 2 and "--adapt_prior needs --images" in no_files.stderr

@@ -65,7 +65,7 @@ def test_a_run_of_another_recipe_is_not_called_a_seed_of_the_shipped_one(results
     report = " ".join(render_texts(results_copy)["task1_classification_report.md"].split())
     assert "This checkpoint was trained for 5 epochs; the seed study below is of the shipped 15-epoch recipe." in report
     assert "This checkpoint is seed" not in report
-    assert "other two seeds took" not in report and "`--epochs 15`, bf16 autocast" in report
+    assert "other two seeds took" not in report and "`--epochs 15`, bf16 on cuda" in report
 
 
 def test_verdicts_follow_the_numbers(results_copy):
@@ -92,3 +92,16 @@ def test_a_missing_results_file_is_named_with_its_fix(results_copy):
     (results_copy / "task1_metrics_test.json").unlink()
     with pytest.raises(UserError, match="task1_metrics_test.json is missing: run the command"):
         render_texts(results_copy)
+
+
+def test_robustness_and_shift_numbers_follow_their_files(results_copy):
+    """Issue 32's section: the shipped checkpoint's MedMNIST-C numbers come from task1_robustness_test.json."""
+    def change(r):
+        r["clean"]["accuracy"] = 0.6543
+        r["corruptions"]["pixelate"]["severities"][0]["accuracy"] = 0.4321
+        r["mean_over_corruptions"]["worst_accuracy_severity3"] = [0.1234, "shot_noise"]
+    edit_json(results_copy / "task1_robustness_test.json", change)
+    report = " ".join(render_texts(results_copy)["task1_classification_report.md"].split())
+    assert "accuracy 0.6543 at the stored threshold" in report
+    assert "| pixelate |" in report and "| 0.432 / " in report
+    assert "is shot_noise (0.123)" in report

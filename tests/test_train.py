@@ -184,3 +184,31 @@ def test_two_process_data_parallel_run(synthetic_root, tmp_path):
     assert history["world_size"] == 2 and history["steps_per_epoch"] == 8
     images, labels = load_split(synthetic_root, "val")
     assert np.isfinite(clf.predict_proba(images)).all()
+
+
+@pytest.mark.slow
+def test_stored_calibration_is_the_default_rule_refitted_on_val_and_its_corrupted_copies(tmp_path):
+    """train.py's default rule (even_odds_shifted, chosen on val by experiments/shift_study.py): Platt scaling on
+    the val films pooled with their 65 MedMNIST-C copies, threshold 0.5. Refitted here from the checkpoint's own
+    outputs it gives the stored calibration, and the clean-only fit does not."""
+    from pneumo.calibration import fit_decision_rule
+    from pneumo.corruptions import corrupted_copies
+    from pneumo.inference import predict_logits
+    from pneumo.synthetic import write_synthetic_npz
+    write_synthetic_npz(tmp_path / "data" / "pneumoniamnist.npz", counts={"train": 64, "val": 32, "test": 8}, seed=3)
+    out = tmp_path / "m.pth"
+    flags = [f for f in FAST_TRAIN if f not in ("--decision_rule", "even_odds_clean")]
+    assert run_cli(train, *flags, "--epochs", "1", "--data_root", tmp_path / "data", "--out", out).returncode in (0, 1)
+    out = out if out.exists() else train.failed_path(out)  # one epoch may not beat chance: its checkpoint is kept aside
+    clf = Classifier.load(out)
+    assert clf.meta["train_args"]["decision_rule"] == "even_odds_shifted" and clf.threshold == 0.5
+    images, labels = load_split(tmp_path / "data", "val")
+    z = predict_logits(clf.model, images, clf.normalization)
+    copies = corrupted_copies(images, seed=0)
+    shifted = predict_logits(clf.model, copies.reshape(-1, 28, 28), clf.normalization).reshape(copies.shape[:3])
+    refit, threshold = fit_decision_rule(z, labels, "even_odds_shifted", shifted)
+    assert threshold == clf.threshold
+    assert refit["slope"] == pytest.approx(clf.calibration["slope"], rel=1e-4)
+    assert refit["intercept"] == pytest.approx(clf.calibration["intercept"], rel=1e-4, abs=1e-4)
+    clean, _ = fit_decision_rule(z, labels, "even_odds_clean")
+    assert abs(clean["intercept"] - clf.calibration["intercept"]) > 1e-3 or abs(clean["slope"] - clf.calibration["slope"]) > 1e-3
