@@ -98,9 +98,9 @@ def test_scores(z, shifted, labels, cal, t, retrieval) -> dict:
     from sklearn.metrics import roc_auc_score
     probs = calibrate(z, cal)
     clean = binary_metrics(labels, probs, t)
-    per = np.array([[[roc_auc_score(labels, calibrate(s, cal)),
-                      binary_metrics(labels, calibrate(s, cal), t)["accuracy"],
-                      balanced_accuracy(labels, calibrate(s, cal), t)] for s in sev] for sev in shifted])
+    def three(p):
+        return roc_auc_score(labels, p), binary_metrics(labels, p, t)["accuracy"], balanced_accuracy(labels, p, t)
+    per = np.array([[three(calibrate(s, cal)) for s in sev] for sev in shifted])
     return {"auc": clean["auc"], "accuracy": clean["accuracy"], "balanced_accuracy": (clean["recall"] + clean["specificity"]) / 2,
             "ece": calibration(labels, probs)["ece"], "threshold": t,
             "corrupted_auc": float(per[..., 0].mean()), "corrupted_accuracy": float(per[..., 1].mean()),

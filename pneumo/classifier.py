@@ -49,11 +49,15 @@ class Classifier:
             raise UserError(f"{self.meta['path']} reads {self.image_size} px images; --size {size} needs a "
                             f"checkpoint trained at that size (python task1/train.py --size {size})")
 
+    def _calibrated(self, z) -> np.ndarray:
+        """The checkpoint's P(pneumonia) of log-odds scores; NaN throughout when any score is not finite (the
+        callers refuse it)."""
+        return calibrate(z, self.calibration) if np.isfinite(z).all() else np.full(len(z), np.nan)
+
     def predict_proba(self, images, batch_size=256, desc=None) -> np.ndarray:
         """Calibrated P(pneumonia) of uint8 images (N, size, size); a non-finite probability is refused, never
         turned into a label."""
-        z = predict_logits(self.model, images, self.normalization, self.device, batch_size, desc)
-        probs = calibrate(z, self.calibration) if np.isfinite(z).all() else np.full(len(z), np.nan)
+        probs = self._calibrated(predict_logits(self.model, images, self.normalization, self.device, batch_size, desc))
         bad = int((~np.isfinite(probs)).sum())
         if bad:
             raise UserError(f"the classifier {self.meta['path']} gave a non-finite probability for {bad} of "
@@ -82,7 +86,7 @@ class Classifier:
     def embed_and_predict(self, images, batch_size=256, desc=None):
         """(embeddings, P(pneumonia)) from one forward pass, with the checks of embed and predict_proba."""
         vectors, z = embed_and_logits(self.model, images, self.normalization, self.device, batch_size, desc)
-        probs = calibrate(z, self.calibration) if np.isfinite(z).all() else np.full(len(z), np.nan)
+        probs = self._calibrated(z)
         if not (np.isfinite(vectors).all() and np.isfinite(probs).all()):
             raise UserError(f"the classifier {self.meta['path']} gave non-finite outputs; no label is given and "
                             f"nothing is searched. Check the checkpoint and --device")

@@ -56,7 +56,8 @@ def _unit(img):
 
 
 def _gaussian_noise(img, scale, rng):
-    return np.clip(_unit(img) + rng.normal(size=_unit(img).shape, scale=scale), 0, 1)
+    x = _unit(img)
+    return np.clip(x + rng.normal(size=x.shape, scale=scale), 0, 1)
 
 
 def _speckle_noise(img, scale, rng):
