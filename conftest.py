@@ -58,6 +58,16 @@ def sample_film(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def normal_film():
+    """A real full-size chest X-ray the shipped checkpoint calls normal with confidence (P(pneumonia) 0.008,
+    read, not flagged: `python task1/evaluate.py --images ../shared/samples/*/*.jpeg`)."""
+    film = SHARED_SAMPLES / "normal" / "IM-0009-0001.jpeg"
+    if not film.exists():
+        pytest.skip(f"{film} is not here (../shared/samples)")
+    return film
+
+
+@pytest.fixture(scope="session")
 def trained_checkpoint(synthetic_root, tmp_path_factory):
     """A checkpoint trained by task1/train.py on the synthetic data (about 15 s on 2 cores)."""
     from task1 import train

@@ -88,7 +88,7 @@ def start_server():
 def upload(client, film):
     from gradio_client import handle_file
     start = time.perf_counter()
-    out = client.predict(handle_file(str(film)), "pneumonia", 0.6, api_name="/analyse_upload")
+    out = client.predict(handle_file(str(film)), 0.6, api_name="/analyse_upload")
     if "P(pneumonia) =" not in out[1]:
         raise RuntimeError(f"unexpected answer: {out[0][:120]}")
     return time.perf_counter() - start

@@ -34,32 +34,51 @@ def marked_film(display: np.ndarray) -> np.ndarray:
     return np.asarray(_marks(Image.fromarray(display).convert("RGB")))
 
 
-def aligned_overlay(display: np.ndarray, cam_map, strength=0.6, target="pneumonia") -> np.ndarray:
+def aligned_overlay(display: np.ndarray, cam_map, strength=0.6, target="pneumonia", weight=1.0, note=None) -> np.ndarray:
     """The map over the film as shown (`display`, grey uint8), inside the centre square the classifier reads
     (read_square; all of a square film) and untouched outside it, with a thin outline of that square, the
     orientation marks and a colour scale underneath. The colour's opacity follows the map (up to
-    `strength` at its peak), so where the map is cold the film shows through."""
+    `strength` × `weight` at its peak: a weight below 1 draws a class the classifier did not decide on as
+    faintly as its evidence is weak), so where the map is cold the film shows through; inside a film wider
+    or taller than the square it fades out towards the square's edge instead of stopping at it. `note`
+    is a line under the scale (what the map is not)."""
     from matplotlib import colormaps
     film = Image.fromarray(display).convert("RGB")
     left, top, side = read_square((film.height, film.width))
     cam = np.asarray(Image.fromarray(np.asarray(cam_map, dtype=np.float32)).resize((side, side), Image.Resampling.BILINEAR))
     cam = np.clip(cam, 0, 1)
     patch = np.asarray(film.crop((left, top, left + side, top + side)), dtype=np.float32) / 255
-    alpha = strength * cam[..., None]
+    fade = _edge_fade(side, across=film.width > side, down=film.height > side)
+    alpha = (strength * float(np.clip(weight, 0, 1)) * cam * fade)[..., None]
     blended = (1 - alpha) * patch + alpha * colormaps[COLORMAP](cam)[..., :3]
     film.paste(Image.fromarray(np.uint8(np.round(255 * blended))), (left, top))
     draw = ImageDraw.Draw(film)
     if (side, side) != film.size:  # where the classifier looked, on a film wider or taller than that
         draw.rectangle((left, top, left + side - 1, top + side - 1), outline=(255, 255, 255), width=1)
-    return np.asarray(_with_scale(_marks(film), target))
+    return np.asarray(_with_scale(_marks(film), target, note))
 
 
-def _with_scale(img: Image.Image, target: str) -> Image.Image:
-    """The picture with a colour bar and its words under it."""
+FADE = 1 / 14  # share of the square's side over which the colour fades out at an edge inside the film
+
+
+def _edge_fade(side: int, across: bool, down: bool) -> np.ndarray:
+    """(side, side) weights: 1, falling smoothly to 0 over FADE of the side at the square's left and right
+    edges when it lies inside a wider film (`across`), and at its top and bottom inside a taller one
+    (`down`): no hard colour edge inside the film. All 1 for a square film."""
+    distance = np.minimum(np.arange(side), np.arange(side)[::-1]) + 0.5
+    ramp = np.clip(distance / max(2.0, FADE * side), 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    ones = np.ones(side)
+    return np.outer(ramp if down else ones, ramp if across else ones).astype(np.float32)
+
+
+def _with_scale(img: Image.Image, target: str, note=None) -> Image.Image:
+    """The picture with a colour bar and its words under it (and `note`, a line of its own)."""
     from matplotlib import colormaps
     font = _font(max(10, min(14, img.width // 32)))
     words_height = font.size + 6
-    out = Image.new("RGB", (img.width, img.height + SCALE_HEIGHT + 2 * words_height), (255, 255, 255))
+    lines = [f"evidence for {target}, relative to this film", *([note] if note else [])]
+    out = Image.new("RGB", (img.width, img.height + SCALE_HEIGHT + (1 + len(lines)) * words_height), (255, 255, 255))
     out.paste(img, (0, 0))
     bar = np.uint8(255 * colormaps[COLORMAP](np.linspace(0, 1, img.width))[:, :3])
     out.paste(Image.fromarray(np.repeat(bar[None], SCALE_HEIGHT, axis=0)), (0, img.height))
@@ -68,7 +87,8 @@ def _with_scale(img: Image.Image, target: str) -> Image.Image:
     draw.text((2, y), "blue: little", fill=(0, 0, 0), font=font)
     right = "red: strongest"
     draw.text((img.width - draw.textlength(right, font=font) - 2, y), right, fill=(0, 0, 0), font=font)
-    draw.text((2, y + words_height), f"evidence for {target}, relative to this film", fill=(0, 0, 0), font=font)
+    for i, line in enumerate(lines, start=1):
+        draw.text((2, y + i * words_height), line, fill=(0, 0, 0), font=font)
     return out
 
 

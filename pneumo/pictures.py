@@ -1,14 +1,22 @@
 """Pictures a user brings (PNG, JPEG, DICOM, any size and mode) and what a script was asked to look at:
 read as 8-bit grayscale, made the way PneumoniaMNIST was made, and named in outputs without leaking paths."""
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import file_sha256
 from .data import CLASS_NAMES, check_indices, load_split
 from .dicom import is_dicom, read_dicom, stretch
 from .errors import UserError
+
+
+DATASET_SIDE = 28  # PneumoniaMNIST's own size; MedMNIST+'s larger ones (64-224 px) are large enough anyway
+DATASET_NOTE = f"a {DATASET_SIDE}×{DATASET_SIDE} grayscale film, PneumoniaMNIST's own size: read as a dataset film"
+ORIENTATION_TAG = 0x0112
+ORIENTATIONS = {2: "mirrored", 3: "upside down", 4: "upside down, mirrored", 5: "on its side, mirrored",
+                6: "on its side, turned 90° clockwise", 7: "on its side, mirrored", 8: "on its side, turned 90° anticlockwise"}
 
 
 def input_names(paths, record: str = "relative") -> list:
@@ -24,7 +32,7 @@ def input_names(paths, record: str = "relative") -> list:
             continue
         try:
             names.append(str(path.resolve().relative_to(Path.cwd().resolve())))
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):  # outside the folder, or a path that cannot be resolved (a link loop)
             names.append(path.name)
     return names
 
@@ -36,7 +44,11 @@ def load_inputs(images, indices, data_root, split: str, size: int, record: str =
     input_names records them) and (split, index) keys (None for files)."""
     if images:
         arrays = np.stack([load_image_file(p, size) for p in images])
-        return arrays, [label_from_folder(p) for p in images], input_names(images, record), [None] * len(arrays)
+        names = input_names(images, record)
+        for path, name in zip(images, names):
+            for note in picture_notes(path):
+                print(f"note: {name}: {note}")
+        return arrays, [label_from_folder(p) for p in images], names, [None] * len(arrays)
     all_images, all_labels = load_split(data_root, split, size)
     chosen = check_indices(indices if indices is not None else [0, 20, 70], len(all_labels), split)
     return (all_images[chosen], [CLASS_NAMES[all_labels[i]] for i in chosen],
@@ -74,15 +86,17 @@ def classifier_input(img: Image.Image, size: int = 28) -> np.ndarray:
 
 
 def read_picture(path) -> Image.Image:
-    """The file as an 8-bit grayscale PIL image at its own size: DICOM through read_dicom, anything
-    else through PIL (16-bit and float stretched to 8 bits, transparency over black)."""
+    """The file as an 8-bit grayscale PIL image at its own size, upright: DICOM through read_dicom, anything
+    else through PIL (its EXIF orientation applied, as a phone's photo of a film is stored sideways with a
+    tag saying so; the first frame of an animation; 16-bit and float stretched to 8 bits, transparency
+    over black)."""
+    check_openable(path)
     if is_dicom(path):
         return Image.fromarray(read_dicom(path))
     try:
         with Image.open(path) as img:
             img.load()
-    except FileNotFoundError:
-        raise UserError(f"image file {path} does not exist") from None
+            img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError:
         raise UserError(f"{path} has more pixels than is safe to open (over {2 * Image.MAX_IMAGE_PIXELS:,}); "
                         f"downscale it first") from None
@@ -95,6 +109,57 @@ def read_picture(path) -> Image.Image:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("L")
+
+
+def check_openable(path) -> None:
+    """A UserError naming the file when it cannot be opened at all: missing, a link that loops or points
+    nowhere, no permission, a folder."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"image file {path} does not exist") from None
+    except OSError as err:  # ELOOP, EACCES, ENAMETOOLONG, ...
+        raise UserError(f"image file {path} cannot be opened: {err.strerror or type(err).__name__}") from None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        what = "a folder" if os.path.isdir(path) else "not a readable file"
+        raise UserError(f"image file {path} cannot be opened: {what}")
+
+
+def picture_notes(path) -> list:
+    """What a reader should know about how a file was read, from its header: turned upright from its EXIF
+    orientation, only the first frame of an animation, a film at PneumoniaMNIST's own size read as one."""
+    if is_dicom(path):
+        return [DATASET_NOTE] if dataset_sized(path) else []
+    notes = []
+    try:
+        with Image.open(path) as img:
+            orientation = img.getexif().get(ORIENTATION_TAG, 1)
+            frames = getattr(img, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return []
+    if orientation in ORIENTATIONS:
+        notes.append(f"turned upright from the file's EXIF orientation ({ORIENTATIONS[orientation]})")
+    if frames > 1:
+        notes.append(f"an animated picture of {frames} frames: only the first frame is read")
+    if dataset_sized(path):
+        notes.append(DATASET_NOTE)
+    return notes
+
+
+def dataset_sized(path) -> bool:
+    """A grayscale picture of exactly PneumoniaMNIST's own side (DATASET_SIDE): a film saved from the
+    dataset, read as one rather than refused as too small."""
+    if picture_size(path) != (DATASET_SIDE, DATASET_SIDE):
+        return False
+    if is_dicom(path):
+        return True  # read_dicom reads grayscale only
+    with Image.open(path) as img:
+        if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+            return True
+        if img.mode not in ("RGB", "RGBA"):
+            return False
+        rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def picture_size(path) -> tuple:

@@ -184,6 +184,12 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=N
     if path.is_dir():  # a run folder: its own index
         path = path / INDEX_NAME
     rebuild = "rebuild it with `python task3/build_index.py`"
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        raise UserError(f"{path} is a classifier checkpoint (Task 1), not a Task 3 index: give it as --checkpoint, "
+                        f"and as --index a .faiss file (default {DEFAULT_INDEX}) or a run folder")
+    if path.is_file() and not meta_path(path).is_file():
+        raise UserError(f"{path} is not a Task 3 index: an index is a .faiss file with its {meta_path(path).name} "
+                        f"beside it (default {DEFAULT_INDEX}); build one with `python task3/build_index.py`")
     if not path.is_file() or not meta_path(path).is_file():
         raise UserError(f"index {path} (with {meta_path(path).name}) not found; build it with "
                         f"`python task3/build_index.py`")

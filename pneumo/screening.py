@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .pictures import picture_size
+from .pictures import DATASET_SIDE, dataset_sized, picture_size
 
 METHOD = "mahalanobis_ppca"
 # A file whose short side is below this cannot be a chest radiograph: the smallest size MedMNIST+
@@ -33,10 +33,12 @@ STATUS = {"withheld": "withheld: the input is flagged", "borderline": "borderlin
 
 
 def file_flags(path) -> list:
-    """'too small' from the file's own size (the header alone is read)."""
+    """'too small' from the file's own size (the header alone is read), except a grayscale film at
+    PneumoniaMNIST's own size (pneumo.pictures.dataset_sized), which is what this project's films are."""
     width, height = picture_size(path)
-    if min(width, height) < MIN_SIDE:
-        return [f"too small to be a radiograph ({width}x{height} px; the rule is a short side of at least {MIN_SIDE} px)"]
+    if min(width, height) < MIN_SIDE and not dataset_sized(path):
+        return [f"too small to be a radiograph ({width}x{height} px; the rule is a short side of at least {MIN_SIDE} px, "
+                f"or a grayscale film of the dataset's own {DATASET_SIDE}x{DATASET_SIDE})"]
     return []
 
 

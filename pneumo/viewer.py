@@ -15,14 +15,17 @@ from .cases import Case, add_classifier_blocks, markdown_report, narrate, narrat
 from .classifier import Classifier
 from .data import CLASS_NAMES, SPLITS, data_file, load_split
 from .explain import coarse_region
-from .pictures import classifier_input, read_picture
+from .pictures import classifier_input, picture_notes, read_picture
 from .runtime import UserError
 from .screening import region_words
 from .vlm import VlmSession
 
 WRITTEN_BY = "viewer/app.py"
 DATASET_ZOOM = 10  # a 28-px dataset film is shown at 280 px, each source pixel a visible block
+SHOWN_SIDE = 280   # a small uploaded film is enlarged to about this side, as the dataset's are
 OUTCOMES = ("all", "correct", "incorrect")
+# What a flagged input's downloaded JSON leaves empty: everything a reader could take as a reading of it.
+WITHHELD_FIELDS = ("probability", "prediction", "region", "neighbours")
 
 
 class CaseViewer:
@@ -67,9 +70,13 @@ class CaseViewer:
         """A user's file (PNG, JPEG, DICOM, ...), named by its file name alone."""
         picture = read_picture(path)  # decoded once: the classifier's input and the display both come from it
         small = classifier_input(picture, self.clf.image_size)
-        display = picture.copy()
-        display.thumbnail((512, 512))
-        return Case(name or Path(path).name, small, path=str(path), display=np.asarray(display))
+        if max(picture.size) * 2 <= SHOWN_SIDE:  # a dataset-sized film: enlarged as the dataset's are
+            display = enlarged(np.asarray(picture), max(2, SHOWN_SIDE // max(picture.size)))
+        else:
+            display = picture.copy()
+            display.thumbnail((512, 512))
+            display = np.asarray(display)
+        return Case(name or Path(path).name, small, path=str(path), display=display, notes=picture_notes(path))
 
     def matching(self, split, truth="all", predicted="all", outcome="all", p_min=0.0, p_max=1.0):
         """Indices of `split` whose true label, decision, correctness and P(pneumonia) pass the filters;
@@ -114,8 +121,15 @@ class CaseViewer:
         return case.maps[target]
 
     def overlay(self, case, target="pneumonia", opacity=0.6):
-        """The map over the film as shown (where the classifier looked), with marks and colour scale."""
-        return aligned_overlay(case.display, self.cam(case, target), float(opacity), target)
+        """The map over the film as shown (where the classifier looked), with marks and colour scale; a class
+        that is not the decision drawn only as strongly as its evidence (evidence_weight), and said so."""
+        weight = evidence_weight(case.classifier, target)
+        note = None
+        if case.classifier.status == "withheld":
+            note = "the input is flagged: not a reading"
+        elif target != case.classifier.prediction:
+            note = f"not the decision: drawn at {weight:.0%} strength"
+        return aligned_overlay(case.display, self.cam(case, target), float(opacity), target, weight, note)
 
     def neighbour(self, case, rank):
         """(the neighbour of that rank (1 = nearest), its film enlarged and marked); a UserError when the
@@ -149,7 +163,9 @@ class CaseViewer:
     def report(self, case):
         """(Markdown, JSON text) of the case's report: the same Markdown generate_reports writes."""
         markdown = markdown_report(case, case.records, WRITTEN_BY)
-        data = {**case.to_json(), "narratives": case.records, "index": self.index_summary()}
+        data = {**case.to_json(), "notes": case.notes, "narratives": case.records, "index": self.index_summary()}
+        if case.classifier.status == "withheld":  # as the page and the Markdown: why, and no reading
+            data["classifier"] = {**data["classifier"], **dict.fromkeys(WITHHELD_FIELDS)}
         return markdown, json.dumps(data, indent=2, default=str)
 
     def index_summary(self):
@@ -161,8 +177,23 @@ class CaseViewer:
                 "checkpoint_matches": meta.checkpoint_sha256 == self.clf.sha256}
 
 
-def enlarged(picture: np.ndarray) -> np.ndarray:
-    """A dataset film (or its overlay) at DATASET_ZOOM times its size, each source pixel a block (nearest
+def decided_class(block) -> str | None:
+    """The class whose map a case opens on: the decision, or None for a flagged input (no decision)."""
+    return None if block.status == "withheld" else block.prediction
+
+
+def evidence_weight(block, target) -> float:
+    """How strongly a class's map is drawn, in [0, 1]: 1 for the class decided on; for the other, its
+    probability as a share of what it would need to be decided (P / threshold for pneumonia, (1 - P) /
+    (1 - threshold) for normal), so a map of evidence the classifier found weak is drawn as weak, not as
+    a red hotspot (Grad-CAM maps are scaled to their own peak, however small)."""
+    p, t = block.probability, block.threshold
+    share = p / t if target == "pneumonia" else (1 - p) / (1 - t)
+    return float(np.clip(share, 0, 1))
+
+
+def enlarged(picture: np.ndarray, zoom: int = DATASET_ZOOM) -> np.ndarray:
+    """A dataset film (or its overlay) at `zoom` times its size, each source pixel a block (nearest
     neighbour: no detail is invented), so a 28-px stamp fills the panel."""
     image = Image.fromarray(picture)
-    return np.asarray(image.resize((image.width * DATASET_ZOOM, image.height * DATASET_ZOOM), Image.Resampling.NEAREST))
+    return np.asarray(image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST))

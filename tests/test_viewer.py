@@ -87,15 +87,15 @@ def test_clicking_a_neighbour_shows_it_beside_the_case_which_stays(viewer):
     is opened on purpose."""
     case = shown(app.open_dataset(viewer, "test", 0))["state"]
     third = case.classifier.neighbours[2]
-    kept, picture, note = app.compare(viewer, case, 3)
-    assert kept is case and case.key == ("test", 0) and picture.shape == (280, 280 + 8 + 280, 3)
+    kept, panel, picture, note = app.compare(viewer, case, 3)
+    assert panel["visible"] is True and kept is case and case.key == ("test", 0) and picture.shape == (280, 280 + 8 + 280, 3)
     assert np.array_equal(picture[:, :280], viewer.film(case))  # the case on the left, as shown above
     assert f"similar case #3, **{third['split']} #{third['index']}**, label {third['label']}" in note
     assert "lower is closer" in note
-    assert app.compare(viewer, case, 9)[1] is None and "no similar case number 9" in app.compare(viewer, case, 9)[2]
-    opened = shown(app.open_compared(viewer, case, "pneumonia", 0.6))
+    assert app.compare(viewer, case, 9)[2] is None and "no similar case number 9" in app.compare(viewer, case, 9)[3]
+    opened = shown(app.open_compared(viewer, case, 0.6))
     assert opened["state"].key == (third["split"], third["index"]) and opened["state"].label == third["label"]
-    assert opened["compare"] is None  # a new case starts without a comparison
+    assert opened["compare"] is None and opened["compare_panel"]["visible"] is False  # a new case starts without one
 
 
 @pytest.mark.parametrize("make,expected", [
@@ -144,7 +144,7 @@ def test_a_20000_pixel_side_is_read_and_flagged_not_crashed(viewer, tmp_path):
     path = tmp_path / "strip.png"
     Image.new("L", (20000, 40), 90).save(path)
     out = shown(app.open_upload(viewer, str(path)))
-    assert "too small to be a radiograph" in out["verdict"] and "verdict withheld" in out["verdict"]
+    assert "too small to be a radiograph" in out["verdict"] and "Input flagged: no reading" in out["verdict"]
 
 
 @pytest.mark.parametrize("split,index,expected", [("test", 624, "numbered 0 to 623"), ("test", -1, "there is no case -1"),
@@ -216,8 +216,9 @@ def test_a_dataset_film_is_shown_enlarged_and_says_its_source_size(viewer):
 
 
 def test_a_flagged_input_shows_its_flags_first_and_no_verdict(viewer, tmp_path):
-    """Issue 22, 2: the colour photo of shapes on noise the issue found read as pneumonia is flagged, and
-    the page, the report and the JSON withhold its verdict."""
+    """Issue 22, 2 and issue 35, 3: the colour photo of shapes on noise the issue found read as pneumonia is
+    flagged, and the page, the report and the JSON say why and nothing a reader could take as a diagnosis:
+    no probability, no class word, no map, no labelled similar case."""
     from PIL import ImageDraw
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))
@@ -227,13 +228,77 @@ def test_a_flagged_input_shows_its_flags_first_and_no_verdict(viewer, tmp_path):
     photo.save(tmp_path / "shapes.png")
     out = shown(app.open_upload(viewer, str(tmp_path / "shapes.png")))
     verdict = out["verdict"]
-    assert verdict.startswith("### Input flagged: verdict withheld\n\n- out of distribution")
-    assert "Decision at the stored threshold" not in verdict and "not a reading" in verdict
-    assert "Research use only" in verdict
-    report = out["report"]
-    assert report.index("verdict withheld") < report.index("| P(pneumonia)") and "**withheld (input flagged" in report
-    assert '"status": "withheld"' in open(out["json_file"]).read()
-    assert "not named: the input is flagged" in out["region"] and "| Grad-CAM evidence (pneumonia) | not named" in report
+    assert verdict.startswith("### Input flagged: no reading\n\n- out of distribution") and "Research use only" in verdict
+    json_text = open(out["json_file"]).read()
+    said = " ".join([verdict, out["region"], out["neighbours"], out["report"], json_text]).lower()
+    for word in ("pneumonia", "normal", "p(pneumonia)", "decision"):
+        assert word not in said, word
+    assert out["gallery"] is None and out["overlay"] is None and out["target"] is None
+    assert "not shown for a flagged input" in out["neighbours"] and "No map shown: the input is flagged" in out["region"]
+    assert '"status": "withheld"' in json_text and '"probability": null' in json_text
+    assert out["report"].index("Input flagged: no reading is given") < out["report"].index("Analysed:")
+    # a reader who asks for a class's map anyway is told it is not a reading
+    picture, words = app.restyle(viewer, out["state"], "pneumonia", 0.6)
+    assert picture is not None and "on a flagged input: not a reading" in words
+
+
+def test_a_normal_film_shows_the_evidence_for_its_decision_not_a_lesion(viewer, normal_film):
+    """Issue 35, 2: a film read as normal opens on the map of 'normal', the decision; the pneumonia map is
+    one click away, said plainly not to be the decision and drawn as weakly as the evidence is (P 0.008:
+    about 2 % of the strength), and the report does not give its peak as a finding."""
+    out = shown(app.open_upload(viewer, str(normal_film), opacity=1.0))
+    c = out["state"].classifier
+    assert c.prediction == "normal" and c.status == "read" and c.probability < 0.05
+    assert out["target"] == "normal" and out["region"].startswith("Grad-CAM evidence for **normal**, the decision:")
+    assert "pneumonia" not in out["region"]
+    other, words = app.restyle(viewer, out["state"], "pneumonia", 1.0)
+    assert "which is **not** the decision" in words and "that is not a finding" in words
+    film = viewer.film(out["state"]).astype(float)
+    height = film.shape[0]
+    decided_change = np.abs(out["overlay"][:height] - film).mean()
+    other_change = np.abs(other[:height] - film).mean()
+    assert other_change < 0.1 * decided_change, (other_change, decided_change)  # drawn faintly, not a red hotspot
+    [row] = [line for line in out["report"].splitlines() if line.startswith("| Grad-CAM evidence for pneumonia |")]
+    assert "none called: the decision is normal" in row and "not a finding" in row
+
+
+def test_a_dataset_film_saved_as_a_28_pixel_png_is_read_like_the_dataset_case(viewer, tmp_path):
+    """Issue 35, 4: the same film by index and as the 28×28 PNG a user exports gives the same reading."""
+    probs = viewer.probabilities("test")
+    index = int(np.argmax(probs))  # a film confidently called pneumonia: a verdict, not a borderline one
+    Image.fromarray(viewer.split("test")[0][index]).save(tmp_path / "exported.png")
+    by_index = shown(app.open_dataset(viewer, "test", index))
+    by_file = shown(app.open_upload(viewer, str(tmp_path / "exported.png")))
+    assert by_file["state"].classifier.status == by_index["state"].classifier.status == "read"
+    assert by_file["state"].classifier.probability == by_index["state"].classifier.probability
+    assert "PneumoniaMNIST's own size: read as a dataset film" in by_file["message"]
+    assert by_file["film"].shape[:2] == (280, 280)  # enlarged as the dataset's films are, not a 28-px stamp
+    assert "too small" not in by_file["verdict"] and "PneumoniaMNIST's own size" in by_file["report"]
+
+
+def test_the_pictures_labels_sit_above_them_and_the_empty_comparison_is_hidden(viewer):
+    """Issue 35, 6: no label badge over the film's own side marker; no empty side-by-side panel before a
+    similar case is clicked."""
+    import gradio as gr
+    demo = app.build(viewer)
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert blocks["film"].show_label is False and blocks["overlay"].show_label is False
+    assert isinstance(blocks["compare-panel"], gr.Accordion) and blocks["compare-panel"].visible is False
+    assert blocks["target"].value is None  # set by each case to its decision
+
+
+def test_the_overlay_fades_out_at_the_edge_of_the_square_read(viewer):
+    """Issue 35, 6: on a film wider than the square the classifier reads, a map strong to its edge fades
+    out there instead of stopping at a hard box edge; a square film is coloured to its border."""
+    from pneumo.annotate import aligned_overlay
+    wide = np.full((200, 320), 128, np.uint8)
+    heat = aligned_overlay(wide, np.ones((28, 28)), strength=1.0)[:200].astype(float)
+    left = (320 - 200) // 2
+    change = np.abs(heat - 128).mean(axis=(0, 2))
+    assert change[left + 2] < 0.2 * change[160] and change[left + 20] > 0.9 * change[160]
+    assert np.all(np.diff(change[left + 1:left + 15]) >= -1)  # rising smoothly into the square
+    square = aligned_overlay(np.full((200, 200), 128, np.uint8), np.ones((28, 28)), strength=1.0)[:150].astype(float)
+    assert np.abs(square[:, 1] - 128).mean() > 0.9 * np.abs(square[:, 100] - 128).mean()
 
 
 def test_a_probability_near_the_threshold_is_marked_borderline(viewer):

@@ -191,7 +191,7 @@ def test_the_viewer_serves_with_the_network_off(upload_file):
         pytest.skip("dataset not set up in data/")
     ask = ("from gradio_client import Client, handle_file; "
            "c = Client('http://127.0.0.1:7870/', verbose=False, download_files=False); "
-           f"print(c.predict(handle_file({str(upload_file)!r}), 'pneumonia', 0.6, api_name='/analyse_upload')[1])")
+           f"print(c.predict(handle_file({str(upload_file)!r}), 0.6, api_name='/analyse_upload')[1])")
     script = (f"ip link set lo up; curl -s -m 3 https://pypi.org >/dev/null || echo 'network: off'; "
               f"{sys.executable} viewer/app.py --port 7870 --device cpu >/dev/null 2>&1 & pid=$!; "
               f"for i in $(seq 240); do curl -sf http://127.0.0.1:7870/ >/dev/null && break; sleep 0.5; done; "

@@ -12,11 +12,7 @@ and opacity), the region in the patient's terms, the nearest archived cases (cli
 the report, downloadable as Markdown and JSON; with a VLM loaded, its narrative on request. Research use
 only, not a diagnosis. Every computation is pneumo's (pneumo/viewer.py); this file is the page.
 """
-import atexit
 import os
-import shutil
-import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,15 +24,17 @@ from pneumo.data import CLASS_NAMES, SPLITS
 from pneumo.errors import run_script
 from pneumo.retrieval import DEFAULT_INDEX, score_name
 from pneumo.runtime import UserError, resolve_device
-from pneumo.viewer import OUTCOMES, CaseViewer
+from pneumo.scratch import private_folder, stop_on_signals
+from pneumo.viewer import OUTCOMES, CaseViewer, decided_class, evidence_weight
 from pneumo.vlm import DEFAULT_VLM, VlmSession, load_vlm
 
 # Before gradio is imported (only inside the functions below): no analytics or version check, and
-# every upload and download in one temporary folder of our own, removed when the server stops.
+# every upload and download in one temporary folder of our own, removed however the viewer stops
+# (pneumo.scratch: at exit, on a signal, by a watcher after SIGKILL, or by the next start).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-TEMP_ROOT = Path(tempfile.mkdtemp(prefix="pneumo-viewer-"))
+TEMP_PREFIX = "pneumo-viewer-"
+TEMP_ROOT = private_folder(TEMP_PREFIX)
 os.environ["GRADIO_TEMP_DIR"] = str(TEMP_ROOT)
-atexit.register(shutil.rmtree, TEMP_ROOT, ignore_errors=True)
 
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom"]
 
@@ -67,19 +65,19 @@ def make_viewer(args):
 
 
 # ---- handlers: plain functions of the viewer and the page's values, tested without a browser ------
-OUTPUTS = ("state", "message", "verdict", "film", "overlay", "region", "gallery", "neighbours", "compare",
-           "compare_note", "report", "md_file", "json_file")
+OUTPUTS = ("state", "message", "verdict", "film", "overlay", "target", "region", "gallery", "neighbours",
+           "compare_panel", "compare", "compare_note", "report", "md_file", "json_file")
 
 
 def verdict_text(case):
-    """The verdict as a reader should take it: a flagged input's flags first and no verdict (its output
-    shown as unreliable), a borderline probability marked, and the disclaimer beside it."""
+    """The verdict as a reader should take it: a flagged input's flags and no reading at all (no probability,
+    no class), a borderline probability marked, and the disclaimer beside it."""
     c = case.classifier
     truth = f" · truth: {case.label}" if case.label else ""
     if c.status == "withheld":
-        lines = ["### Input flagged: verdict withheld", *[f"- {flag}" for flag in c.flags],
-                 f"The classifier's output on it is not a reading (unreliable: P(pneumonia) = {c.probability:.3f}, "
-                 f"which would be called {c.prediction} at the threshold {c.threshold:.3f}){truth}."]
+        lines = ["### Input flagged: no reading", *[f"- {flag}" for flag in c.flags],
+                 f"The classifier's output on an input like this is not a reading, so it is not shown{truth}. "
+                 "Check that the file is a frontal chest X-ray."]
     else:
         mark = " · borderline" if c.status == "borderline" else ""
         lines = [f"### P(pneumonia) = {c.probability:.3f}{mark}",
@@ -89,8 +87,11 @@ def verdict_text(case):
 
 
 def neighbours_table(case):
-    """Each similar case in full: rank, label, distance (and what it means), split and index."""
+    """Each similar case in full: rank, label, distance (and what it means), split and index; none for a
+    flagged input (labelled look-alikes of a photograph would read as a diagnosis)."""
     c = case.classifier
+    if c.status == "withheld":
+        return "Similar archived cases are not shown for a flagged input."
     if not c.neighbours:
         return ""
     word = score_name(c.metric)
@@ -99,14 +100,29 @@ def neighbours_table(case):
                       "|---|---|---|---|---|", *rows])
 
 
-def show(viewer, case, target="pneumonia", opacity=0.6):
-    """Everything the page shows for an analysed case, in the order of OUTPUTS."""
+def source_note(case):
+    """What the message line says of where the film came from and how it was read."""
+    if case.key:
+        return f" (a {len(case.small)}×{len(case.small)} PneumoniaMNIST film, shown enlarged)"
+    return f" ({'; '.join(case.notes)})" if case.notes else ""
+
+
+def show(viewer, case, opacity=0.6):
+    """Everything the page shows for an analysed case, in the order of OUTPUTS. The map opens on the class
+    decided (none for a flagged input); the other class's map is one click away, drawn as weak as it is."""
     c = case.classifier
-    gallery = [(film, f"#{h['rank']} {h['label']}") for film, h in zip(case.neighbour_films, c.neighbours or [])]
-    source = f" (a {len(case.small)}×{len(case.small)} PneumoniaMNIST film, shown enlarged)" if case.key else ""
-    return (case, f"Showing **{case.name}**{source}.", verdict_text(case), viewer.film(case),
-            viewer.overlay(case, target, opacity), region_text(viewer, case, target),
-            gallery if gallery else None, neighbours_table(case), None, "", *report_files(viewer, case))
+    target = decided_class(c)
+    withheld = c.status == "withheld"
+    gallery = None if withheld else [(film, f"#{h['rank']} {h['label']}") for film, h in zip(case.neighbour_films, c.neighbours or [])]
+    overlay = viewer.overlay(case, target, opacity) if target else None
+    return (case, f"Showing **{case.name}**{source_note(case)}.", verdict_text(case), viewer.film(case), overlay,
+            target, region_text(viewer, case, target), gallery or None, neighbours_table(case), hidden(), None, "",
+            *report_files(viewer, case))
+
+
+def hidden(visible=False):
+    import gradio as gr
+    return gr.update(visible=visible)
 
 
 def report_files(viewer, case):
@@ -121,56 +137,69 @@ def report_files(viewer, case):
 
 
 def region_text(viewer, case, target):
-    return f"Grad-CAM evidence for **{target}**: {viewer.region(case, target)}"
+    """The words under the map: where the evidence for the class shown lies, said as the decision's, or
+    plainly as not the decision and how weak; nothing named for a flagged input."""
+    c = case.classifier
+    if c.status == "withheld":
+        if not target:
+            return "No map shown: the input is flagged. (A class chosen above shows the classifier's map, which is not a reading.)"
+        return f"Grad-CAM map for **{target}** on a flagged input: not a reading, no region named."
+    if target == c.prediction:
+        return f"Grad-CAM evidence for **{target}**, the decision: {viewer.region(case, target)}."
+    weight = evidence_weight(c, target)
+    return (f"Grad-CAM evidence for **{target}**, which is **not** the decision (P(pneumonia) = {c.probability:.3f}): "
+            f"weak evidence, drawn at {weight:.0%} strength. Its colours are relative to this film, so it has a peak "
+            f"however weak it is ({viewer.region(case, target)}); that is not a finding.")
 
 
 def failed(message):
     """A new input that could not be opened: the message, and every other output cleared, so that no
     verdict, map, neighbour or report of the previous case stays on screen under it."""
-    return (None, f"**Could not open this case:** {message}", "", None, None, "", None, "", None, "", "", None, None)
+    return (None, f"**Could not open this case:** {message}", "", None, None, None, "", None, "", hidden(), None, "",
+            "", None, None)
 
 
-def open_upload(viewer, path, target="pneumonia", opacity=0.6):
+def open_upload(viewer, path, opacity=0.6):
     if not path:
         return failed("choose a file first")
     try:
-        return show(viewer, viewer.analyse(viewer.file_case(path)), target, opacity)
+        return show(viewer, viewer.analyse(viewer.file_case(path)), opacity)
     except UserError as err:
         return failed(str(err).replace(str(path), Path(path).name))
     except Exception as err:  # anything a hostile file can raise: one message, the server keeps serving
         return failed(f"{Path(path).name} could not be read ({type(err).__name__})")
 
 
-def open_dataset(viewer, split, index, target="pneumonia", opacity=0.6):
+def open_dataset(viewer, split, index, opacity=0.6):
     try:
-        return show(viewer, viewer.analyse(viewer.dataset_case(split, index)), target, opacity)
+        return show(viewer, viewer.analyse(viewer.dataset_case(split, index)), opacity)
     except UserError as err:
         return failed(str(err))
 
 
 def compare(viewer, case, rank):
-    """(case, side-by-side picture, its words) for the similar case of that rank beside the case, which
-    stays the case on screen; the rank is kept on the case for 'Open it as the case'."""
+    """(case, the side-by-side panel shown, its picture, its words) for the similar case of that rank beside
+    the case, which stays the case on screen; the rank is kept on the case for 'Open it as the case'."""
     if case is None:
-        return None, None, "Open a case first."
+        return None, hidden(), None, "Open a case first."
     try:
         hit, film = viewer.neighbour(case, rank)
     except UserError as err:
-        return case, None, str(err)
+        return case, hidden(), None, str(err)
     case.compared = rank
     word = score_name(case.classifier.metric)
-    return case, side_by_side(viewer.film(case), film), (
+    return case, hidden(visible=True), side_by_side(viewer.film(case), film), (
         f"Left: **{case.name}** (the case). Right: similar case #{rank}, **{hit['split']} #{hit['index']}**, "
         f"label {hit['label']}, {word} {hit['score']:.3f} ({CLOSER[case.classifier.metric].lstrip(': ')}).")
 
 
-def open_compared(viewer, case, target, opacity):
+def open_compared(viewer, case, opacity):
     """The compared similar case opened as the case."""
     if case is None or not case.compared:
         named = f"Showing **{case.name}**. " if case is not None else ""
         return (gr_skip(), f"{named}Click a similar case first, then open it.", *[gr_skip()] * (len(OUTPUTS) - 2))
     hit = case.classifier.neighbours[case.compared - 1]
-    return open_dataset(viewer, hit["split"], hit["index"], target, opacity)
+    return open_dataset(viewer, hit["split"], hit["index"], opacity)
 
 
 def gr_skip():
@@ -180,7 +209,7 @@ def gr_skip():
 
 def restyle(viewer, case, target, opacity):
     import gradio as gr
-    if not case:
+    if not case or not target:
         return gr.skip(), gr.skip()
     return viewer.overlay(case, target, opacity), region_text(viewer, case, target)
 
@@ -258,18 +287,27 @@ def build(viewer):
             with gr.Column(scale=2):
                 message = gr.Markdown(elem_id="message")
                 verdict = gr.Markdown(elem_id="verdict")
+                # the pictures' names above them, not on them: a label badge would cover the film's own
+                # burned-in side marker in its top corner
                 with gr.Row():
-                    film = gr.Image(label="Film", interactive=False, height=300, buttons=LOCAL_BUTTONS, format=PICTURE_FORMAT)
-                    heat = gr.Image(label="Grad-CAM overlay", interactive=False, height=300, buttons=LOCAL_BUTTONS,
-                                    format=PICTURE_FORMAT)
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**Film**")
+                        film = gr.Image(show_label=False, interactive=False, height=300, buttons=LOCAL_BUTTONS,
+                                        format=PICTURE_FORMAT, elem_id="film")
+                    with gr.Column(min_width=200):
+                        gr.Markdown("**Grad-CAM overlay**")
+                        heat = gr.Image(show_label=False, interactive=False, height=300, buttons=LOCAL_BUTTONS,
+                                        format=PICTURE_FORMAT, elem_id="overlay")
                 with gr.Row():
-                    target = gr.Radio(list(CLASS_NAMES), value="pneumonia", label="Evidence for")
+                    target = gr.Radio(list(CLASS_NAMES), value=None, label="Evidence for (opens on the decision)",
+                                      elem_id="target")
                     opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Overlay opacity")
                 region = gr.Markdown(elem_id="region")
                 gallery = gr.Gallery(label="Most similar archived cases (click one to compare)", columns=5, height=200,
                                      allow_preview=False, elem_id="gallery", buttons=LOCAL_BUTTONS)
                 neighbours = gr.Markdown(elem_id="neighbours")
-                with gr.Accordion("Side by side", open=True):
+                # shown once a similar case is clicked: no empty panel before that
+                with gr.Accordion("Side by side", open=True, visible=False, elem_id="compare-panel") as compare_panel:
                     compare_picture = gr.Image(label="The case (left) beside the similar case clicked (right)",
                                                interactive=False, height=300, buttons=LOCAL_BUTTONS, elem_id="compare",
                                                format=PICTURE_FORMAT)
@@ -284,10 +322,10 @@ def build(viewer):
                         json_file = gr.DownloadButton("Download JSON", elem_id="download-json")
         gr.Markdown(footer(viewer), elem_id="footer")
 
-        outputs = [state, message, verdict, film, heat, region, gallery, neighbours, compare_picture, compare_note,
-                   report, md_file, json_file]
-        analyse.click(lambda p, t, o: open_upload(viewer, p, t, o), [upload, target, opacity], outputs, api_name="analyse_upload")
-        open_case.click(lambda s, i, t, o: open_dataset(viewer, s, i, t, o), [split, index, target, opacity], outputs,
+        outputs = [state, message, verdict, film, heat, target, region, gallery, neighbours, compare_panel,
+                   compare_picture, compare_note, report, md_file, json_file]
+        analyse.click(lambda p, o: open_upload(viewer, p, o), [upload, opacity], outputs, api_name="analyse_upload")
+        open_case.click(lambda s, i, o: open_dataset(viewer, s, i, o), [split, index, opacity], outputs,
                         api_name="open_dataset")
         filters = [split, truth, predicted, outcome, p_min, p_max]
         for control in filters:
@@ -296,10 +334,10 @@ def build(viewer):
 
         def on_select(case, evt: gr.SelectData):
             return compare(viewer, case, evt.index + 1)
-        gallery.select(on_select, state, [state, compare_picture, compare_note], api_name=False)
-        open_other.click(lambda c, t, o: open_compared(viewer, c, t, o), [state, target, opacity], outputs, api_name=False)
-        for control in (target, opacity):
-            control.change(lambda c, t, o: restyle(viewer, c, t, o), [state, target, opacity], [heat, region], api_name=False)
+        gallery.select(on_select, state, [state, compare_panel, compare_picture, compare_note], api_name=False)
+        open_other.click(lambda c, o: open_compared(viewer, c, o), [state, opacity], outputs, api_name=False)
+        for control in (target, opacity):  # a reader's change only: a new case sets the class itself
+            control.input(lambda c, t, o: restyle(viewer, c, t, o), [state, target, opacity], [heat, region], api_name=False)
         narrative.click(lambda c: write_narrative(viewer, c), state, [state, message, report, md_file, json_file],
                         api_name=False)
         demo.load(lambda *v: refilter(viewer, *v), filters, [matches, count], api_name=False)
@@ -309,7 +347,9 @@ def build(viewer):
 def main(args):
     viewer = make_viewer(args)
     demo = build(viewer)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain kill also removes the temporary folder
+    # SIGTERM, SIGINT (Ctrl+C) or SIGHUP: the uploads and reports go first, then the server, then the process
+    # at once, without waiting on a request still being served (its late writes are the watcher's to remove)
+    stop_on_signals(TEMP_ROOT, before_exit=lambda: demo.close(verbose=False))
     print(f"serving the case viewer on http://{args.host}:{args.port} (Ctrl+C stops it); uploads and downloads "
           f"live in {TEMP_ROOT} until it stops", flush=True)
     # quiet without --share: the line above says where it serves, and Gradio's own banner would advise
