@@ -11,7 +11,6 @@ from .data import CLASS_NAMES, check_indices, load_split
 from .dicom import is_dicom, read_dicom, stretch
 from .errors import UserError
 
-
 DATASET_SIDE = 28  # PneumoniaMNIST's own size; MedMNIST+'s larger ones (64-224 px) are large enough anyway
 DATASET_NOTE = f"a {DATASET_SIDE}×{DATASET_SIDE} grayscale film, PneumoniaMNIST's own size: read as a dataset film"
 ORIENTATION_TAG = 0x0112

@@ -71,7 +71,7 @@ def upload_file(sample_film):
     return sample_film
 
 
-def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
+def test_the_viewer_in_a_real_browser(server, normal_film, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     url, proc = server
     outside = []
@@ -80,24 +80,36 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.on("request", lambda r: None if r.url.startswith((url[:-1], "data:", "blob:")) else outside.append(r.url))
         page.goto(url)
+        expect(page.locator("#compare-panel")).to_be_hidden()  # no empty comparison before a case
 
-        # a user's film: verdict, five neighbours, report
-        analyse(page, upload_file)
+        # a user's film read as normal: its verdict, the map of its decision (not a red "pneumonia" blob),
+        # five neighbours, the report
+        analyse(page, normal_film)
         expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =", timeout=60_000)
-        assert re.search(r"P\(pneumonia\) = 0\.\d{3}", page.inner_text("#verdict"))
+        assert re.search(r"P\(pneumonia\) = 0\.0\d{2}", page.inner_text("#verdict"))
+        expect(page.locator("#verdict")).to_contain_text("normal")
+        expect(page.locator("#region")).to_contain_text("Grad-CAM evidence for normal, the decision")
+        expect(page.locator("#region")).not_to_contain_text("pneumonia")
+        expect(page.locator("#target input[value='normal']")).to_be_checked()
         expect(page.locator("#gallery img")).to_have_count(5)
         expect(page.locator("#neighbours")).to_contain_text("distance (lower is closer)")
         expect(page.locator("#verdict")).to_contain_text("Research use only, not a diagnosis")
-        expect(page.locator("#report")).to_contain_text(f"Chest X-ray report: {upload_file.name}")
+        expect(page.locator("#report")).to_contain_text(f"Chest X-ray report: {normal_film.name}")
+        expect(page.locator("#report")).to_contain_text("none called: the decision is normal")
         expect(page.locator("#footer")).to_contain_text("Research use only, not a diagnosis")
 
         # a similar case beside the case, which stays on screen
         page.locator("#gallery img").first.click()
+        expect(page.locator("#compare-panel")).to_be_visible(timeout=30_000)
         expect(page.locator("#compare-note")).to_contain_text("similar case #1", timeout=30_000)
         expect(page.locator("#compare img")).to_have_count(1)
-        expect(page.locator("#message")).to_contain_text(f"Showing {upload_file.name}")
+        expect(page.locator("#message")).to_contain_text(f"Showing {normal_film.name}")
         screenshot = Path(os.environ.get("VIEWER_SCREENSHOT") or tmp_path / "viewer.png")
         page.screenshot(path=str(screenshot), full_page=True)
+
+        # the other class's map on request, said plainly not to be the decision
+        page.locator("#target label", has_text="pneumonia").click()
+        expect(page.locator("#region")).to_contain_text("which is not the decision", timeout=30_000)
 
         # a dataset case through the Dataset tab
         page.get_by_role("tab", name="Dataset").click()
@@ -105,6 +117,7 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         page.click("#open-case")
         expect(page.locator("#message")).to_contain_text("Showing test #0", timeout=60_000)
         expect(page.locator("#verdict")).to_contain_text("truth: pneumonia")
+        expect(page.locator("#compare-panel")).to_be_hidden()
 
         # a file that is not an image: a message in the page, and the server carries on
         bad = tmp_path / "notes.png"
@@ -120,25 +133,43 @@ def test_the_viewer_in_a_real_browser(server, upload_file, tmp_path):
         expect(page.locator("#report")).not_to_contain_text("Chest X-ray report")
         expect(page.locator("#region")).not_to_contain_text("Grad-CAM evidence")
 
-        # a colour photo, not a chest film: flagged first, and no verdict as if it were a read
+        # a colour photo, not a chest film: why it was flagged, and nothing a reader could take as a diagnosis
         photo = tmp_path / "shapes.png"
         colour_photo(photo)
         analyse(page, photo, replacing=True)
-        expect(page.locator("#verdict")).to_contain_text("Input flagged: verdict withheld", timeout=60_000)
+        expect(page.locator("#verdict")).to_contain_text("Input flagged: no reading", timeout=60_000)
         expect(page.locator("#verdict")).to_contain_text("out of distribution")
-        expect(page.locator("#verdict")).not_to_contain_text("Decision at the stored threshold")
-        expect(page.locator("#report")).to_contain_text("verdict withheld")
+        for element in ("#verdict", "#region", "#neighbours", "#report"):
+            for word in ("pneumonia", "normal", "Decision"):
+                expect(page.locator(element)).not_to_contain_text(word)
+        expect(page.locator("#gallery img")).to_have_count(0)
+        expect(page.locator("#report")).to_contain_text("no reading is given")
+
+        # a film saved from the dataset at its own 28 px: read, and said so
+        small = tmp_path / "test_0.png"
+        dataset_film(small)
+        analyse(page, small, replacing=True)
+        expect(page.locator("#message")).to_contain_text("PneumoniaMNIST's own size", timeout=60_000)
+        expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =")
+        expect(page.locator("#verdict")).not_to_contain_text("too small")
 
         # nothing of a case is kept in the browser: no run history, no storage, nothing after a reload
         stored = page.evaluate("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
-        assert upload_file.name not in stored and "shapes.png" not in stored and "pneumonia" not in stored.lower(), stored[:500]
+        assert normal_film.name not in stored and "shapes.png" not in stored and "pneumonia" not in stored.lower(), stored[:500]
         page.reload()
         expect(page.locator("#verdict")).not_to_contain_text("P(pneumonia)")
-        assert upload_file.name not in page.content() and "shapes.png" not in page.content()
+        assert normal_film.name not in page.content() and "shapes.png" not in page.content()
         browser.close()
     assert proc.poll() is None, "the server stopped"
     assert not outside, f"the page called out: {outside[:5]}"
     assert Image.open(screenshot).size[0] == 1400
+
+
+def dataset_film(path):
+    """Test film 0 of the dataset, saved as the 28×28 PNG a user exports."""
+    from pneumo.data import load_split
+    images, _ = load_split(REPO / "data", "test", 28)
+    Image.fromarray(images[0]).save(path)
 
 
 def analyse(page, path, replacing=False):
