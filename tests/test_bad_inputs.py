@@ -95,7 +95,7 @@ def test_bad_checkpoints(name, kind, message, trained_checkpoint, synthetic_root
 
 
 @pytest.mark.parametrize("kind,message", [
-    ("empty.png", "not a readable image"), ("text.png", "not a readable image"), ("a_folder.png", "not a readable image"),
+    ("empty.png", "not a readable image"), ("text.png", "not a readable image"), ("a_folder.png", "cannot be opened: a folder"),
     ("absent.png", "does not exist"), ("big.png", "more pixels than is safe")])
 @pytest.mark.parametrize("name", list(IMAGE_READERS))
 def test_bad_image_files(name, kind, message, trained_checkpoint, synthetic_root, bad, tmp_path, monkeypatch):
