@@ -148,16 +148,19 @@ def picture_notes(path) -> list:
 def dataset_sized(path) -> bool:
     """A grayscale picture of exactly PneumoniaMNIST's own side (DATASET_SIDE): a film saved from the
     dataset, read as one rather than refused as too small."""
-    if picture_size(path) != (DATASET_SIDE, DATASET_SIDE):
-        return False
-    if is_dicom(path):
-        return True  # read_dicom reads grayscale only
-    with Image.open(path) as img:
-        if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-            return True
-        if img.mode not in ("RGB", "RGBA"):
+    try:
+        if picture_size(path) != (DATASET_SIDE, DATASET_SIDE):
             return False
-        rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+        if is_dicom(path):
+            return True  # read_dicom reads grayscale only
+        with Image.open(path) as img:
+            if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                return True
+            if img.mode not in ("RGB", "RGBA"):
+                return False
+            rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    except Exception:  # noqa: BLE001 (a damaged file is not a dataset film; reading it says why, in one line)
+        return False
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
