@@ -134,13 +134,14 @@ def picture_notes(path) -> list:
         with Image.open(path) as img:
             orientation = img.getexif().get(ORIENTATION_TAG, 1)
             frames = getattr(img, "n_frames", 1)
+            small = img.size == (DATASET_SIDE, DATASET_SIDE)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return []
     if orientation in ORIENTATIONS:
         notes.append(f"turned upright from the file's EXIF orientation ({ORIENTATIONS[orientation]})")
     if frames > 1:
         notes.append(f"an animated picture of {frames} frames: only the first frame is read")
-    if dataset_sized(path):
+    if small and dataset_sized(path):  # the header already says whether the size can match
         notes.append(DATASET_NOTE)
     return notes
 
