@@ -441,11 +441,13 @@ def test_a_random_sweep_of_bad_inputs_ends_in_no_traceback(tmp_path):
     import json
 
     from conftest import run_script
-    result = run_script("benchmarks/bad_input_sweep.py", "--runs", "60", "--seconds", "240", "--seed", "1",
-                        "--out", tmp_path, timeout=900)
+    # A fixed number of runs, each stopped after 20 s (training's MedMNIST-C pass on val alone takes ~50 s on
+    # a 2-core box): how many runs fit in a time budget is a timing, and it failed CI on a loaded machine.
+    result = run_script("benchmarks/bad_input_sweep.py", "--runs", "30", "--seconds", "3600", "--run_seconds", "20",
+                        "--seed", "1", "--out", tmp_path, timeout=1500)
     summary = json.loads((tmp_path / "bad_input_sweep.json").read_text())
     assert result.returncode == 0 and summary["failed"] == 0, summary["failures"]
-    assert summary["runs"] >= 30 and "Traceback" not in result.stdout + result.stderr
+    assert summary["runs"] == 30 and "Traceback" not in result.stdout + result.stderr
 
 
 def test_a_milvus_file_held_by_another_process_is_one_line(trained_checkpoint, synthetic_root, tmp_path):
