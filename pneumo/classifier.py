@@ -6,7 +6,7 @@ import numpy as np
 from .calibration import calibrate
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import CLASS_NAMES, load_split
-from .explain import DEFAULT_LAYER, gradcam_maps
+from .explain import DEFAULT_LAYER, DEFAULT_METHOD, gradcam_maps
 from .inference import embed_and_logits, embed_images, predict_logits
 from .metrics import decide
 from .runtime import UserError
@@ -92,6 +92,8 @@ class Classifier:
                             f"nothing is searched. Check the checkpoint and --device")
         return vectors, probs
 
-    def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64, desc=None):
-        """Grad-CAM maps (N, size, size) in [0, 1] and the class each explains (argmax when not given)."""
-        return gradcam_maps(self.model, images, self.normalization, self.device, target_classes, layer, batch_size, desc)
+    def gradcam(self, images, target_classes=None, layer=DEFAULT_LAYER, batch_size=64, desc=None, method=DEFAULT_METHOD):
+        """Explanation maps (N, size, size) in [0, 1] by `method` (the shipped one unless given; a CAM
+        method at stage `layer`) and the class each explains (argmax when not given)."""
+        return gradcam_maps(self.model, images, self.normalization, self.device, target_classes, layer, batch_size, desc,
+                            method)

@@ -1,7 +1,8 @@
-"""Grad-CAM maps (pytorch-grad-cam), their faithfulness (deletion test) and a readable overlay gallery."""
+"""Explanation maps of the classifier (pytorch-grad-cam's CAM family at a stage, Captum's Integrated
+Gradients and Occlusion at input resolution), the deletion test, and a readable overlay gallery."""
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm.auto import tqdm
 
@@ -12,19 +13,32 @@ from .data import normalize
 # --split val), it is the most class-specific stage, and a 4x4 grid still resolves the left/right,
 # upper/lower lung zones that the reports speak of. Stage 3 stays available (--layer layer3).
 DEFAULT_LAYER = "layer4"
+LAYERS = ("layer3", "layer4")
+CAM_METHODS = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM,
+               "scorecam": ScoreCAM, "ablationcam": AblationCAM, "eigencam": EigenCAM}
+INPUT_METHODS = ("integrated_gradients", "occlusion")  # Captum; the layer does not apply
+METHODS = (*CAM_METHODS, *INPUT_METHODS)
+# The shipped method, chosen on val by benchmarks/explanations.py's rule (reports/task1_explanations.md).
+DEFAULT_METHOD = "gradcam"
 DISPLAY_SIZE = 224
 # Denser where it matters: most of the probability change happens in the first third removed.
 DELETION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 def gradcam_maps(model, images_uint8, normalization, device, target_classes=None,
-                 layer=DEFAULT_LAYER, batch_size=64, desc=None):
-    """Grad-CAM maps (N, H, W) in [0, 1] at input resolution, and the target class of each image
-    (the predicted class unless given). `desc` shows a progress bar over the batches."""
+                 layer=DEFAULT_LAYER, batch_size=64, desc=None, method=DEFAULT_METHOD):
+    """Explanation maps (N, H, W) in [0, 1] at input resolution, and the target class of each image
+    (the predicted class unless given), by `method` (METHODS; a CAM method at stage `layer`).
+    `desc` shows a progress bar over the batches."""
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; choose from {', '.join(METHODS)}")
     model.eval()
     images = torch.as_tensor(np.asarray(images_uint8))
     maps, targets_used = [], []
-    with GradCAM(model=model, target_layers=[model.stage_outputs()[layer]]) as cam:
+    cam = CAM_METHODS[method](model=model, target_layers=[model.stage_outputs()[layer]]) if method in CAM_METHODS else None
+    if cam is not None and hasattr(cam, "batch_size"):
+        cam.batch_size = 256  # Score-CAM / Ablation-CAM: masked copies per forward pass
+    try:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
             x = normalize(images[start:start + batch_size], normalization).to(device)
             if target_classes is None:
@@ -32,19 +46,47 @@ def gradcam_maps(model, images_uint8, normalization, device, target_classes=None
                     classes = model(x).argmax(dim=1).tolist()
             else:
                 classes = [int(c) for c in target_classes[start:start + batch_size]]
-            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
+            if cam is None:
+                maps.append(input_attribution(model, x, classes, method))
+            else:
+                maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes]))
             targets_used.extend(classes)
-    return np.concatenate(maps), np.asarray(targets_used)
+    finally:
+        if cam is not None:
+            cam.activations_and_grads.release()
+    return np.concatenate(maps).astype(np.float32), np.asarray(targets_used)
+
+
+def absent(x):
+    """The 'evidence removed' version of a normalised batch: a blurred copy (no sharp artificial edges).
+    The deletion and insertion tests and the Captum methods' baseline use it."""
+    from torchvision.transforms.functional import gaussian_blur
+    return gaussian_blur(x, kernel_size=9, sigma=3.0)
+
+
+def input_attribution(model, x, classes, method):
+    """Captum's Integrated Gradients (32 steps from the blurred copy) or Occlusion (4x4 patches, stride 2,
+    replaced by the blurred copy) for `classes`: the positive part (evidence for the class), scaled to [0, 1]."""
+    from captum.attr import IntegratedGradients, Occlusion
+    target = torch.as_tensor(classes, device=x.device)
+    if method == "integrated_gradients":
+        attr = IntegratedGradients(model).attribute(x, baselines=absent(x), target=target, n_steps=32,
+                                                    internal_batch_size=512)
+    else:
+        attr = Occlusion(model).attribute(x, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2),
+                                          baselines=absent(x), target=target, perturbations_per_eval=16)
+    a = attr[:, 0].detach().clamp(min=0)
+    return (a / a.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]).cpu().numpy()
 
 
 def deletion_curves(model, images_uint8, maps, target_classes, normalization, device,
-                    fractions=DELETION_FRACTIONS, batch_size=256, desc=None):
+                    fractions=DELETION_FRACTIONS, batch_size=256, desc=None, insert=False):
     """Deletion test (Petsiuk et al. 2018, RISE): replace the most relevant pixels first by a
     blurred copy of the image (no sharp artificial edges) and follow the probability of the target
     class. Returns (N, len(fractions)) probabilities; a faithful map makes them fall fast, so the
-    area under the curve is low. ROAD's imputer in pytorch-grad-cam solves a sparse system per image
-    and fraction (~0.1 s each on this CPU), too slow for the whole test split; this is batched."""
-    from torchvision.transforms.functional import gaussian_blur
+    area under the curve is low. With `insert`, the insertion test: start from the blurred copy and put
+    the most relevant pixels back first; a faithful map makes the probability rise fast (high area).
+    Batched; pytorch-grad-cam's ROAD (pneumo.faithfulness.road_curves) is the slower, debiased check."""
     model.eval()
     images = torch.as_tensor(np.asarray(images_uint8))
     maps = torch.as_tensor(np.asarray(maps, dtype=np.float32))
@@ -53,21 +95,22 @@ def deletion_curves(model, images_uint8, maps, target_classes, normalization, de
     with torch.no_grad():
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
             x = normalize(images[start:start + batch_size], normalization).to(device)
-            blurred = gaussian_blur(x, kernel_size=9, sigma=3.0)
+            blurred = absent(x)
             m = maps[start:start + batch_size].flatten(1).to(device)
-            rank = m.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most relevant pixel
+            rank = m.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = most relevant pixel
             t = targets[start:start + batch_size].to(device)
             rows = []
             for fraction in fractions:
-                remove = (rank < round(fraction * m.shape[1])).view_as(x[:, 0]).unsqueeze(1)
-                probs = torch.softmax(model(torch.where(remove, blurred, x)), dim=1)
-                rows.append(probs.gather(1, t[:, None])[:, 0])
+                chosen = (rank < round(fraction * m.shape[1])).view_as(x[:, 0]).unsqueeze(1)
+                mixed = torch.where(chosen, x, blurred) if insert else torch.where(chosen, blurred, x)
+                rows.append(torch.softmax(model(mixed), dim=1).gather(1, t[:, None])[:, 0])
             curves.append(torch.stack(rows, dim=1).cpu())
     return torch.cat(curves).numpy()
 
 
 def deletion_auc(curves, fractions=DELETION_FRACTIONS):
-    """Area under each deletion curve over the removed fraction (0..1); lower = more faithful."""
+    """Area under each deletion (insertion) curve over the removed (inserted) fraction 0..1; lower
+    (higher) = more faithful."""
     return np.trapezoid(curves, x=np.asarray(fractions), axis=1)
 
 

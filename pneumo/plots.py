@@ -182,3 +182,21 @@ def plot_deletion(results, path, split, n):
            title=f"deletion test, {split} split (n = {n})")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_method_grid(films, maps_by_method, titles, path):
+    """Rows: films; columns: the film, then each method's overlay (benchmarks/explanations.py)."""
+    from .explain import overlay
+    plt = _pyplot()
+    names = list(maps_by_method)
+    fig, axes = plt.subplots(len(films), len(names) + 1, figsize=(1.9 * (len(names) + 1), 2.1 * len(films)), squeeze=False)
+    for row, film in enumerate(films):
+        axes[row, 0].imshow(film, cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_title(titles[row], fontsize=7)
+        for col, name in enumerate(names, start=1):
+            axes[row, col].imshow(overlay(film, maps_by_method[name][row], size=112))
+            if row == 0:
+                axes[row, col].set_title(name, fontsize=7)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return _save(fig, path)

@@ -7,7 +7,9 @@
 
 Overlays go to <out>/figures/task1_gradcam_<what>.png with label, prediction and probability on each
 panel; per-image results (probability, target class, coarse region) to <out>/task1_gradcam_<what>.json.
-Maps come from pytorch-grad-cam's GradCAM on the stage picked with --layer (see pneumo/explain.py).
+Maps come from the method picked with --method (default: the one benchmarks/explanations.py chose on val;
+pytorch-grad-cam's CAMs on the stage picked with --layer, or Captum's input-resolution methods; see
+pneumo/explain.py).
 """
 import time
 from pathlib import Path
@@ -20,15 +22,13 @@ from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
 from pneumo.errors import run_script
-from pneumo.explain import DEFAULT_LAYER, DELETION_FRACTIONS, coarse_region, deletion_auc, deletion_curves
+from pneumo.explain import CAM_METHODS, DEFAULT_LAYER, DEFAULT_METHOD, DELETION_FRACTIONS, LAYERS, METHODS, coarse_region, deletion_auc, deletion_curves
 from pneumo.metrics import mean_with_interval
 from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
 from pneumo.retrieval import DEFAULT_INDEX
 from pneumo.runtime import print_run_header, resolve_device, seed_everything
 from pneumo.screening import print_flags, region_words, screen_inputs, status
-
-LAYERS = ("layer3", "layer4")
 
 
 def parse_args(argv=None):
@@ -42,7 +42,10 @@ def parse_args(argv=None):
                         f"(default {DEFAULT_INDEX}; skipped with a note when missing or stale)")
     p.add_argument("--target", default="predicted", choices=["predicted", *CLASS_NAMES],
                    help="class whose evidence is mapped (default: the predicted class)")
-    p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS, help=f"Grad-CAM layer (default {DEFAULT_LAYER}: 4x4 maps at 28 px; layer3 gives 7x7)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"explanation method (default {DEFAULT_METHOD}; reports/task1_explanations.md compares them)")
+    p.add_argument("--layer", default=DEFAULT_LAYER, choices=LAYERS,
+                   help=f"stage of a CAM method (default {DEFAULT_LAYER}: 4x4 maps at 28 px; layer3 gives 7x7)")
     p.add_argument("--faithfulness", action="store_true", help="deletion test of both layers' maps and of random maps over the whole split")
     p.add_argument("--limit", type=positive_int, help="with --faithfulness: only the first N images of the split")
     p.add_argument("--batch_size", type=positive_int, default=64, help="images per Grad-CAM pass (default 64)")
@@ -70,7 +73,7 @@ def main(args):
     else:
         targets = [CLASS_NAMES.index(args.target)] * len(images)
     start = time.perf_counter()
-    maps, used = clf.gradcam(images, targets, args.layer, args.batch_size)
+    maps, used = clf.gradcam(images, targets, args.layer, args.batch_size, method=args.method)
     seconds = time.perf_counter() - start
     flags = screen_inputs(clf, images, args.images, optional_archive(args, clf))
     records, panels = [], []
@@ -87,10 +90,10 @@ def main(args):
                                 f"{record['target']} evidence: {record['region']}"})
     what = "image files" if args.images else f"{args.split} split"
     figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png", cols=grid_columns(len(panels)),
-                         title=f"Grad-CAM ({args.layer}) on {what}; decision threshold {clf.threshold:.3f}; "
+                         title=f"{method_words(args)} on {what}; decision threshold {clf.threshold:.3f}; "
                                f"red title = wrong or flagged")
     out = args.out / f"task1_gradcam_{tag}.json"
-    write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "layer": args.layer,
+    write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "method": args.method, "layer": args.layer,
                             "maps_per_second": round(len(images) / seconds, 1), "images": records})
     for r in records:
         print(f"{r['image']:<40} label {str(r['label']):<9} {verdict_words(r):<24} P {r['probability']:.3f}  "
@@ -98,6 +101,11 @@ def main(args):
     print_flags(names, flags)
     print(f"wrote {figure} and {out}")
     return records
+
+
+def method_words(args) -> str:
+    """'gradcam (layer4)', or the input-resolution method alone (the layer does not apply)."""
+    return args.method if args.method not in CAM_METHODS else f"{args.method} ({args.layer})"
 
 
 def verdict_words(record) -> str:
