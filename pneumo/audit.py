@@ -13,6 +13,7 @@
 """
 import re
 
+from .explain import SHIPPED_NAME
 from .impression import mentions
 
 HIGH_CONFIDENCE = 0.9
@@ -48,7 +49,7 @@ def location_conflict(sentences, region: str):
     cam_side = region.split(" ")[0] if region.startswith(("right lung", "left lung")) else None
     cam_zone = next((z for z in ("upper", "lower") if f"{z} zone" in region), None)
     if cam_side and len(sides) == 1 and sides != {"both"} and cam_side not in sides:
-        return f"narrative places the finding on the {sides.pop()}, Grad-CAM in the {region}"
+        return f"narrative places the finding on the {sides.pop()}, {SHIPPED_NAME} in the {region}"
     if cam_zone and len(zones) == 1 and cam_zone not in zones:
-        return f"narrative places the finding in the {zones.pop()} zone, Grad-CAM in the {region}"
+        return f"narrative places the finding in the {zones.pop()} zone, {SHIPPED_NAME} in the {region}"
     return None

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .audit import audit
 from .data import CLASS_NAMES
-from .explain import coarse_region
+from .explain import SHIPPED_NAME, coarse_region
 from .impression import parse_impression
 from .pictures import read_picture
 from .retrieval import exclusions, score_name, search
@@ -221,5 +221,5 @@ def classifier_rows(c) -> list:
     return ["| Classifier (ResNet-18 checkpoint) | |", "|---|---|",
             f"| P(pneumonia) | {c.probability:.3f} |",
             f"| Decision at val threshold {c.threshold:.3f} | **{c.verdict}** |",
-            f"| Grad-CAM evidence for pneumonia | {evidence} |",
+            f"| {SHIPPED_NAME} evidence for pneumonia | {evidence} |",
             f"| Most similar archived cases (label, case, {word}{CLOSER.get(c.metric, '')}) | {similar} |", ""]

@@ -2,8 +2,6 @@
 Gradients and Occlusion at input resolution), the deletion test, and a readable overlay gallery."""
 import numpy as np
 import torch
-from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm.auto import tqdm
 
 from .data import normalize
@@ -14,13 +12,23 @@ from .data import normalize
 # upper/lower lung zones that the reports speak of. Stage 3 stays available (--layer layer3).
 DEFAULT_LAYER = "layer4"
 LAYERS = ("layer3", "layer4")
-CAM_METHODS = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM,
-               "scorecam": ScoreCAM, "ablationcam": AblationCAM, "eigencam": EigenCAM}
+# pytorch-grad-cam's classes by name (imported on first use: the words below are read by pages and prompts)
+CAM_METHODS = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM",
+               "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM"}
 INPUT_METHODS = ("integrated_gradients", "occlusion")  # Captum; the layer does not apply
 METHODS = (*CAM_METHODS, *INPUT_METHODS)
 # The shipped method, chosen on val by benchmarks/explanations.py's rule (reports/task1_explanations.md).
-DEFAULT_METHOD = "gradcam"
+DEFAULT_METHOD = "integrated_gradients"
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM",
+                "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM", "eigencam": "EigenCAM",
+                "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion"}
+SHIPPED_NAME = METHOD_NAMES[DEFAULT_METHOD]  # what pages, reports and prompts call the shipped map
 DISPLAY_SIZE = 224
+
+
+def shipped_words(method=DEFAULT_METHOD, layer=DEFAULT_LAYER) -> str:
+    """'Grad-CAM layer4', or an input-resolution method's name alone (the layer does not apply)."""
+    return METHOD_NAMES[method] if method in INPUT_METHODS else f"{METHOD_NAMES[method]} {layer}"
 # Denser where it matters: most of the probability change happens in the first third removed.
 DELETION_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -35,7 +43,11 @@ def gradcam_maps(model, images_uint8, normalization, device, target_classes=None
     model.eval()
     images = torch.as_tensor(np.asarray(images_uint8))
     maps, targets_used = [], []
-    cam = CAM_METHODS[method](model=model, target_layers=[model.stage_outputs()[layer]]) if method in CAM_METHODS else None
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    cam = None
+    if method in CAM_METHODS:
+        cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[model.stage_outputs()[layer]])
     if cam is not None and hasattr(cam, "batch_size"):
         cam.batch_size = 256  # Score-CAM / Ablation-CAM: masked copies per forward pass
     try:

@@ -111,6 +111,9 @@ def task1_context(results: Path, models: Path) -> dict:
                            for name, st in levers.items()},
         "faith": {split: read_json(results / f"task1_gradcam_faithfulness_{split}.json")["maps"] for split in ("val", "test")},
         "benchmark_task1": first_existing("benchmark_task1.md", results, PUBLISHED),
+        "explanations": read_json(first_existing("task1_explanations.json", results, PUBLISHED)),
+        "explanations_folder": first_existing("task1_explanations.json", results, PUBLISHED).parent,
+        "checkpoint_sha256": read_json(results / "task1_metrics_test.json").get("checkpoint_sha256"),
         "checkpoint_file": "task1_model.pth" if models == results else "../models/task1_model.pth",
         "history_file": ("task1_model_history.json" if models == results else "../models/task1_model_history.json"),
     }

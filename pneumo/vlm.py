@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .explain import SHIPPED_NAME
 from .runtime import UserError
 
 DEFAULT_VLM = "google/medgemma-4b-it"
@@ -181,7 +182,7 @@ def context_lines(context: dict) -> str:
     lines = [f"- A ResNet-18 classifier gives P(pneumonia) = {context['probability']:.2f} "
              f"(decision at {context['threshold']:.2f}: {context['prediction']})."]
     if context.get("region"):
-        lines.append(f"- Its Grad-CAM evidence lies in the {context['region']}.")
+        lines.append(f"- Its {SHIPPED_NAME} evidence lies in the {context['region']}.")
     if context.get("neighbours"):
         labels = [n["label"] for n in context["neighbours"]]
         lines.append(f"- Of the {len(labels)} most similar confirmed archive cases, "

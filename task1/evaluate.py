@@ -30,7 +30,7 @@ from pneumo.cli import (
 )
 from pneumo.data import CLASS_NAMES, check_indices, load_split
 from pneumo.errors import run_script
-from pneumo.explain import DEFAULT_LAYER
+from pneumo.explain import shipped_words
 from pneumo.metrics import CI_METRICS, calibration, decide, medmnist_check, risk_coverage, with_bootstrap
 from pneumo.pictures import load_inputs
 from pneumo.plots import plot_confusion, plot_panels, plot_reliability, plot_risk_coverage, plot_roc_pr
@@ -186,20 +186,20 @@ def print_summary(results, path):
 
 
 def plot_failures(clf, images, labels, probs, failures, split, path):
-    """Grad-CAM of the decided class on each failure: FPs on the first row, FNs on the second."""
+    """The shipped map of the decided class on each failure: FPs on the first row, FNs on the second."""
     cases = [("FP", c) for c in failures["false_positives"]] + [("FN", c) for c in failures["false_negatives"]]
     positions = [c["position"] for _, c in cases]
     maps, targets = clf.gradcam(images[positions], target_classes=clf.decide(probs[positions]))
     panels = [{"image": images[pos], "cam": cam, "color": "darkred",
                "title": f"{kind} #{c['index']}  label {CLASS_NAMES[labels[pos]]}\n"
-                        f"P(pneumonia) {probs[pos]:.3f}  CAM for {CLASS_NAMES[t]}"}
+                        f"P(pneumonia) {probs[pos]:.3f}  map for {CLASS_NAMES[t]}"}
               for (kind, c), pos, cam, t in zip(cases, positions, maps, targets)]
     cols = max(len(failures["false_positives"]), len(failures["false_negatives"]))
     n_fp = len(failures["false_positives"])
     rows = [row + [None] * (cols - len(row)) for row in (panels[:n_fp], panels[n_fp:]) if row]
     return plot_panels([p for row in rows for p in row], path, cols=cols,
                        title=f"most confident failures, {split} split (threshold {clf.threshold:.3f}); "
-                             f"Grad-CAM {DEFAULT_LAYER} of the decided class")
+                             f"{shipped_words()} of the decided class")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
 from pneumo.data import CLASS_NAMES, load_split
 from pneumo.errors import run_script
-from pneumo.explain import CAM_METHODS, DEFAULT_LAYER, DEFAULT_METHOD, DELETION_FRACTIONS, LAYERS, METHODS, coarse_region, deletion_auc, deletion_curves
+from pneumo.explain import DEFAULT_LAYER, DEFAULT_METHOD, DELETION_FRACTIONS, LAYERS, METHODS, coarse_region, deletion_auc, deletion_curves, shipped_words
 from pneumo.metrics import mean_with_interval
 from pneumo.pictures import load_inputs
 from pneumo.plots import grid_columns, plot_deletion, plot_panels
@@ -90,7 +90,7 @@ def main(args):
                                 f"{record['target']} evidence: {record['region']}"})
     what = "image files" if args.images else f"{args.split} split"
     figure = plot_panels(panels, args.out / "figures" / f"task1_gradcam_{tag}.png", cols=grid_columns(len(panels)),
-                         title=f"{method_words(args)} on {what}; decision threshold {clf.threshold:.3f}; "
+                         title=f"{shipped_words(args.method, args.layer)} on {what}; decision threshold {clf.threshold:.3f}; "
                                f"red title = wrong or flagged")
     out = args.out / f"task1_gradcam_{tag}.json"
     write_json_atomic(out, {**run, "checkpoint_sha256": clf.sha256, "method": args.method, "layer": args.layer,
@@ -101,11 +101,6 @@ def main(args):
     print_flags(names, flags)
     print(f"wrote {figure} and {out}")
     return records
-
-
-def method_words(args) -> str:
-    """'gradcam (layer4)', or the input-resolution method alone (the layer does not apply)."""
-    return args.method if args.method not in CAM_METHODS else f"{args.method} ({args.layer})"
 
 
 def verdict_words(record) -> str:

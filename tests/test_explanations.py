@@ -120,7 +120,7 @@ def test_verdict_fails_each_check_on_its_own():
 
 @pytest.mark.slow
 def test_benchmark_writes_the_comparison_chooses_on_val_and_resumes(trained_checkpoint, synthetic_root, tmp_path):
-    args = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--n", "24", "--device", "cpu",
+    args = ["--checkpoint", trained_checkpoint, "--data_root", synthetic_root, "--n", "16", "--device", "cpu",
             "--methods", "gradcam@layer4", "eigencam@layer4", "occlusion", "--out", tmp_path]
     first = run_script("benchmarks/explanations.py", *args)
     assert first.returncode == 0, first.stderr

@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import SHARED_SAMPLES, error_line, run_cli
 from pneumo.checkpoint import load_checkpoint
 from pneumo.data import load_split
-from pneumo.explain import coarse_region, deletion_auc, deletion_curves, gradcam_maps
+from pneumo.explain import SHIPPED_NAME, coarse_region, deletion_auc, deletion_curves, gradcam_maps
 from pneumo.model import build_model
 from task1 import gradcam
 
@@ -120,7 +120,7 @@ def test_the_pneumonia_map_points_at_the_lesion(trained_checkpoint, synthetic_ro
 
 @pytest.mark.parametrize("cx, side", [(0.3, "right"), (0.7, "left")])
 def test_the_scripts_name_the_lesions_side(trained_checkpoint, synthetic_root, tmp_path, cx, side):
-    """gradcam.py --target pneumonia and the Task 2 report's 'Grad-CAM evidence for pneumonia' row."""
+    """gradcam.py --target pneumonia and the Task 2 report's '<shipped map> evidence for pneumonia' row."""
     from task2 import generate_reports
     paths = []
     for i, film in enumerate(lesion_films(synthetic_root, cx, n=2)):
@@ -138,5 +138,5 @@ def test_the_scripts_name_the_lesions_side(trained_checkpoint, synthetic_root, t
     reports = [json.loads(line) for line in (tmp_path / "r" / "reports.jsonl").read_text().splitlines()]
     assert all(r["classifier"]["region"].startswith(f"{side} lung") for r in reports), reports
     [markdown] = [p for p in (tmp_path / "r").glob("*.md") if "lesion0" in p.name]
-    [row] = [line for line in markdown.read_text().splitlines() if line.startswith("| Grad-CAM evidence for pneumonia |")]
+    [row] = [line for line in markdown.read_text().splitlines() if line.startswith(f"| {SHIPPED_NAME} evidence for pneumonia |")]
     assert f"{side} lung" in row, row

@@ -8,6 +8,7 @@ from PIL import Image
 from conftest import REPO, files_under
 from pneumo.archive import ArchiveSource
 from pneumo.classifier import Classifier
+from pneumo.explain import SHIPPED_NAME
 from pneumo.pictures import load_image_file, read_square
 from pneumo.viewer import CaseViewer
 from viewer import app
@@ -41,7 +42,7 @@ def test_an_upload_gets_verdict_map_neighbours_and_report(viewer, film):
     p = float(clf.predict_proba(load_image_file(film, clf.image_size)[None])[0])
     assert f"P(pneumonia) = {p:.3f}" in out["verdict"] and f"**{clf.label(p)}" in out["verdict"]
     assert len(out["gallery"]) == 5 and all(img.shape == (28, 28) for img, _ in out["gallery"])
-    assert out["overlay"].shape[1] == out["film"].shape[1] and "Grad-CAM evidence for **pneumonia**" in out["region"]
+    assert out["overlay"].shape[1] == out["film"].shape[1] and f"{SHIPPED_NAME} evidence for **pneumonia**" in out["region"]
     assert f"| P(pneumonia) | {p:.3f} |" in out["report"] and "not a diagnosis" in out["report"]
     assert open(out["md_file"]).read() == out["report"]
     assert str(app.TEMP_ROOT) in out["md_file"] and out["json_file"].endswith(".json")
@@ -78,7 +79,10 @@ def test_class_choice_and_opacity_redraw_the_overlay(viewer):
     faint, _ = app.restyle(viewer, case, "pneumonia", 0.0)
     other, other_region = app.restyle(viewer, case, "normal", 1.0)
     film = viewer.film(case).astype(float)
-    assert np.array_equal(faint[:280], film) and np.abs(strong[:280] - film).mean() > 3  # opacity 0: the film as shown
+    # opacity 0: the film as shown; opacity 1: the map's hot pixels coloured (a sparse input-resolution map
+    # colours few of them, so the share changed is what is asked, not the mean change)
+    changed = np.abs(strong[:280] - film).max(axis=2) > 20
+    assert np.array_equal(faint[:280], film) and changed.mean() > 0.01, changed.mean()
     assert not np.array_equal(strong, other) and "**normal**" in other_region and "**pneumonia**" in region
 
 
@@ -249,16 +253,17 @@ def test_a_normal_film_shows_the_evidence_for_its_decision_not_a_lesion(viewer, 
     out = shown(app.open_upload(viewer, str(normal_film), opacity=1.0))
     c = out["state"].classifier
     assert c.prediction == "normal" and c.status == "read" and c.probability < 0.05
-    assert out["target"] == "normal" and out["region"].startswith("Grad-CAM evidence for **normal**, the decision:")
+    assert out["target"] == "normal" and out["region"].startswith(f"{SHIPPED_NAME} evidence for **normal**, the decision:")
     assert "pneumonia" not in out["region"]
     other, words = app.restyle(viewer, out["state"], "pneumonia", 1.0)
     assert "which is **not** the decision" in words and "that is not a finding" in words
     film = viewer.film(out["state"]).astype(float)
     height = film.shape[0]
-    decided_change = np.abs(out["overlay"][:height] - film).mean()
-    other_change = np.abs(other[:height] - film).mean()
-    assert other_change < 0.1 * decided_change, (other_change, decided_change)  # drawn faintly, not a red hotspot
-    [row] = [line for line in out["report"].splitlines() if line.startswith("| Grad-CAM evidence for pneumonia |")]
+    # drawn faintly, not a red hotspot: the share of pixels visibly coloured (changed by more than 20 levels)
+    decided_change = (np.abs(out["overlay"][:height] - film).max(axis=2) > 20).mean()
+    other_change = (np.abs(other[:height] - film).max(axis=2) > 20).mean()
+    assert other_change < 0.1 * decided_change, (other_change, decided_change)
+    [row] = [line for line in out["report"].splitlines() if line.startswith(f"| {SHIPPED_NAME} evidence for pneumonia |")]
     assert "none called: the decision is normal" in row and "not a finding" in row
 
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
+from pneumo.explain import SHIPPED_NAME
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -88,7 +89,7 @@ def test_the_viewer_in_a_real_browser(server, normal_film, tmp_path):
         expect(page.locator("#verdict")).to_contain_text("P(pneumonia) =", timeout=60_000)
         assert re.search(r"P\(pneumonia\) = 0\.0\d{2}", page.inner_text("#verdict"))
         expect(page.locator("#verdict")).to_contain_text("normal")
-        expect(page.locator("#region")).to_contain_text("Grad-CAM evidence for normal, the decision")
+        expect(page.locator("#region")).to_contain_text(f"{SHIPPED_NAME} evidence for normal, the decision")
         expect(page.locator("#region")).not_to_contain_text("pneumonia")
         expect(page.locator("#target input[value='normal']")).to_be_checked()
         expect(page.locator("#gallery img")).to_have_count(5)
@@ -131,7 +132,7 @@ def test_the_viewer_in_a_real_browser(server, normal_film, tmp_path):
         expect(page.locator("#gallery img")).to_have_count(0)
         expect(page.locator("#neighbours")).not_to_contain_text("distance")
         expect(page.locator("#report")).not_to_contain_text("Chest X-ray report")
-        expect(page.locator("#region")).not_to_contain_text("Grad-CAM evidence")
+        expect(page.locator("#region")).not_to_contain_text(f"{SHIPPED_NAME} evidence")
 
         # a colour photo, not a chest film: why it was flagged, and nothing a reader could take as a diagnosis
         photo = tmp_path / "shapes.png"

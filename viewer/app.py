@@ -22,6 +22,7 @@ from pneumo.cases import CLOSER
 from pneumo.cli import add_shared_flags, make_parser, ranged
 from pneumo.data import CLASS_NAMES, SPLITS
 from pneumo.errors import run_script
+from pneumo.explain import SHIPPED_NAME
 from pneumo.retrieval import DEFAULT_INDEX, score_name
 from pneumo.runtime import UserError, resolve_device
 from pneumo.scratch import private_folder, stop_on_signals
@@ -143,11 +144,11 @@ def region_text(viewer, case, target):
     if c.status == "withheld":
         if not target:
             return "No map shown: the input is flagged. (A class chosen above shows the classifier's map, which is not a reading.)"
-        return f"Grad-CAM map for **{target}** on a flagged input: not a reading, no region named."
+        return f"{SHIPPED_NAME} map for **{target}** on a flagged input: not a reading, no region named."
     if target == c.prediction:
-        return f"Grad-CAM evidence for **{target}**, the decision: {viewer.region(case, target)}."
+        return f"{SHIPPED_NAME} evidence for **{target}**, the decision: {viewer.region(case, target)}."
     weight = evidence_weight(c, target)
-    return (f"Grad-CAM evidence for **{target}**, which is **not** the decision (P(pneumonia) = {c.probability:.3f}): "
+    return (f"{SHIPPED_NAME} evidence for **{target}**, which is **not** the decision (P(pneumonia) = {c.probability:.3f}): "
             f"weak evidence, drawn at {weight:.0%} strength. Its colours are relative to this film, so it has a peak "
             f"however weak it is ({viewer.region(case, target)}); that is not a finding.")
 
@@ -262,7 +263,7 @@ PICTURE_FORMAT = "jpeg"
 def build(viewer):
     import gradio as gr
     with gr.Blocks(title="PneumoniaMNIST case viewer") as demo:
-        gr.Markdown("# Chest X-ray case viewer\nOne film in: the classifier's verdict, its Grad-CAM evidence, "
+        gr.Markdown("# Chest X-ray case viewer\nOne film in: the classifier's verdict, its " + SHIPPED_NAME + " evidence, "
                     "the most similar archived cases and the report.")
         state = gr.State(None)
         with gr.Row():
@@ -295,7 +296,7 @@ def build(viewer):
                         film = gr.Image(show_label=False, interactive=False, height=300, buttons=LOCAL_BUTTONS,
                                         format=PICTURE_FORMAT, elem_id="film")
                     with gr.Column(min_width=200):
-                        gr.Markdown("**Grad-CAM overlay**")
+                        gr.Markdown(f"**{SHIPPED_NAME} overlay**")
                         heat = gr.Image(show_label=False, interactive=False, height=300, buttons=LOCAL_BUTTONS,
                                         format=PICTURE_FORMAT, elem_id="overlay")
                 with gr.Row():
