@@ -1,4 +1,4 @@
-"""The case viewer's speed: start-up, one uploaded film to verdict + Grad-CAM + neighbours, and many clients.
+"""The case viewer's speed: start-up, one uploaded film to verdict + evidence map + neighbours, and many clients.
 
     python benchmarks/viewer_speed.py                      # ~2 min on 2 cores; --out reports publishes it
 
@@ -168,7 +168,7 @@ def markdown(r, args):
         f"({r['machine']['cpu']}), no GPU, no VLM; one film ({r['film']}) uploaded each time.", "",
         "| measure | p50 | p95 | target |", "|---|---|---|---|",
         f"| start-up to first page served | {r['startup_s']:.1f} s | | ≤ {TARGETS['startup_s']} s: {ok(r['startup_s'] <= TARGETS['startup_s'])} |",
-        f"| upload → verdict + Grad-CAM + neighbours, over HTTP ({s['n']} sequential) | {s['p50_ms']:.0f} ms | "
+        f"| upload → verdict + evidence map + neighbours, over HTTP ({s['n']} sequential) | {s['p50_ms']:.0f} ms | "
         f"{s['p95_ms']:.0f} ms | p50 ≤ {TARGETS['p50_ms']} ms: {ok(s['p50_ms'] <= TARGETS['p50_ms'])} |",
         f"| the same work in-process, no server ({e['n']}) | {e['p50_ms']:.0f} ms | {e['p95_ms']:.0f} ms | |",
         f"| {c['clients']} concurrent clients × {c['per_client']} uploads | {c['p50_ms']:.0f} ms | {c['p95_ms']:.0f} ms | "
