@@ -127,10 +127,11 @@ def _docs(text: str):
     return list(_pipeline().pipe(_pieces(text)))
 
 
-def assertion(token) -> str:
-    """affirmed / negated / hedged / context, for the word `token` in its parsed sentence. Cues are collected
-    on the token and on each word above it up to the clause's top; the highest cue decides."""
-    cues = [(0, kind) for kind in _cues_before(token)]  # (level, kind)
+def assertion(span) -> str:
+    """affirmed / negated / hedged / context, for the words `span` in their parsed sentence. Cues are
+    collected on the phrase's head and on each word above it up to the clause's top; the highest decides."""
+    token = span.root
+    cues = [(0, kind) for kind in _cues_before(span)]  # (level, kind)
     node, came_from, level = token, None, 0
     while True:
         cues += [(level, kind) for kind in _cues_at(node, came_from, level)]
@@ -146,10 +147,11 @@ def assertion(token) -> str:
     return max(decisive)[2] if decisive else "affirmed"  # the highest cue; a hedge wins a tie
 
 
-def _cues_before(token):
+def _cues_before(span):
     """The words just before the finding's phrase: "rather than X" sets it aside, "more likely ... than X",
     "A versus X" and "A favoured over X" keep it open; "X or <another cause>" offers another reading."""
-    doc, start = token.doc, token.left_edge.i
+    token, doc = span.root, span.doc
+    start = min(token.left_edge.i, span.start)
     before = " ".join(t.lower_ for t in doc[max(0, start - 2):start])
     kinds = []
     if before.endswith("rather than"):
@@ -158,7 +160,7 @@ def _cues_before(token):
         kinds.append("hedged")
     # the words before it in its noun phrase, read off the surface as well: the small parser often
     # misattaches the modifiers of a verbless fragment ("Equivocal left basal shadowing")
-    i = token.i - 1
+    i = span.start - 1
     while i >= 0 and doc[i].pos_ in ("ADJ", "NOUN", "PROPN", "ADV", "DET", "NUM") and not doc[i].ent_type_:
         if doc[i].lower_ in HEDGE_WORDS:
             kinds.append("hedged")
@@ -217,14 +219,29 @@ def _cues_at(node, came_from, level):
     return kinds
 
 
+def _joined(ents) -> list:
+    """Findings that touch make one mention ("infective consolidation", "pneumonic infiltrate"): interpreting
+    when any part is."""
+    from spacy.tokens import Span
+    out = []
+    for e in ents:
+        last = out[-1] if out else None
+        if last is not None and last.label_ == e.label_ == "FINDING" and last.end == e.start:
+            kind = "INTERPRETING" if "INTERPRETING" in (last.ent_id_, e.ent_id_) else "DESCRIBING"
+            out[-1] = Span(e.doc, last.start, e.end, label="FINDING", span_id=kind)
+        else:
+            out.append(e)
+    return out
+
+
 def mentions(text: str) -> list:
     """Each finding or unasked topic in a text: kind (FINDING, UNASKED), its words, negated, hedged, the
     sentence it stands in and its clause (the stretch of that sentence between commas, semicolons or a
     "but" around it), Markdown emphasis removed. Findings in clinical context count as neither."""
     found = []
     for doc in _docs(text):
-        for e in doc.ents:
-            status = assertion(e.root)
+        for e in _joined(doc.ents):
+            status = assertion(e)
             found.append({"kind": e.label_, "text": e.text, "negated": status == "negated", "hedged": status == "hedged",
                           "context": status == "context", "describing": e.ent_id_ == "DESCRIBING",
                           "sentence": e.sent.text.strip(), "clause": _clause(e)})
@@ -251,9 +268,9 @@ def _normal_cues(docs) -> list:
         for tok in doc:
             word, lemma = tok.lower_, tok.lemma_.lower()
             if word in NORMAL_WORDS and tok.pos_ != "VERB" and not tok.ent_type_:
-                cues.append(assertion(tok))
+                cues.append(assertion(doc[tok.i:tok.i + 1]))
             elif lemma in EVIDENCE and tok.pos_ in ("NOUN", "PRON") and not tok.ent_type_:
-                status = "affirmed" if word in ("nothing", "none") else assertion(tok)
+                status = "affirmed" if word in ("nothing", "none") else assertion(doc[tok.i:tok.i + 1])
                 if word in ("nothing", "none") or status == "negated":
                     cues.append("hedged" if status == "hedged" else "affirmed")
     return [c for c in cues if c in ("affirmed", "hedged")]
