@@ -179,8 +179,12 @@ def _cues_at(node, came_from, level):
     lemma, word = node.lemma_.lower(), node.lower_
     others = [c for c in node.children if came_from is None or c.i != came_from.i]
     negated = any((c.lower_ in NEGATORS and c.dep_ in ("neg", "det", "preconj", "advmod", "amod", "dobj", "acomp", "oprd"))
+                  or (c.lower_ in ("nothing", "none") and c.dep_.startswith("nsubj"))
                   or (c.lower_ == "longer" and any(g.lower_ == "no" for g in c.children)) for c in others)
-    if lemma in JUDGING and node.pos_ == "VERB":
+    doubted = any(c.lower_ in HEDGE_WORDS | {"certain", "sure"} and c.dep_ in ("acomp", "oprd") for c in others)
+    if negated and doubted:
+        kinds.append("hedged")  # "it is not possible to decide whether", "I am not certain whether"
+    elif lemma in JUDGING and node.pos_ == "VERB":
         if negated:
             kinds.append("hedged")  # "cannot exclude", "not confirmed", "cannot determine"
         elif lemma in ("exclude", "rule"):  # "pneumonia is excluded"; "rule out pneumonia"
@@ -200,6 +204,8 @@ def _cues_at(node, came_from, level):
             kinds.append("hedged")
         elif c.lemma_.lower() in ("exclude", "rule") and c.dep_ in ("acl", "amod") and level == 0:
             kinds.append("negated")  # "pneumonia excluded"
+        if c.dep_.startswith("nsubj") and any(g.lower_ == "differential" for g in c.subtree):
+            kinds.append("hedged")  # "the differential diagnosis includes pneumonia"
         if c.lemma_.lower() in CONTEXT and c.dep_ in ("attr", "nsubj") and lemma == "be":
             kinds.append("context")  # "pneumonia was the clinical concern", "the concern was pneumonia"
         if (c.dep_ == "advcl" and any(g.dep_ == "mark" and g.lower_ in ("although", "though") for g in c.children)
@@ -240,8 +246,15 @@ def mentions(text: str) -> list:
     "but" around it), Markdown emphasis removed. Findings in clinical context count as neither."""
     found = []
     for doc in _docs(text):
+        previous = None
         for e in _joined(doc.ents):
             status = assertion(e)
+            # a list shares its first member's reading ("no consolidation, effusion or infiltrates"), whatever
+            # the parser made of the later members
+            between = {t.lower_ for t in doc[previous.end:e.start]} if previous is not None else None
+            if between and between <= {",", "or", "and", "nor"} and previous.label_ == e.label_:
+                status = previous_status
+            previous, previous_status = e, status
             found.append({"kind": e.label_, "text": e.text, "negated": status == "negated", "hedged": status == "hedged",
                           "context": status == "context", "describing": e.ent_id_ == "DESCRIBING",
                           "sentence": e.sent.text.strip(), "clause": _clause(e)})
