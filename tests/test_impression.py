@@ -1,4 +1,4 @@
-"""Reading narratives back: the Label line, the NegEx fallback on a labelled set, and the audit flags."""
+"""Reading narratives back: the Label line, the parse-based fallback on the labelled sets, and the audit flags."""
 import json
 from pathlib import Path
 
@@ -10,6 +10,9 @@ from pneumo.impression import LABELS, impression_section, label_line, mentions, 
 DATA = Path(__file__).parent / "data"
 SETS = ("impressions.jsonl", "impressions_heldout.jsonl")
 VLM_STYLE = "impressions_heldout_vlm.jsonl"  # 66 whole outputs, written before the reader was fixed for them
+# Issue 33: its six misreadings, and two sets written blind (tests/data/README.md has their first reads)
+LATER = ("impressions_issue33.jsonl", "impressions_heldout_parse.jsonl", "impressions_heldout_after.jsonl")
+EVERY = (*SETS, VLM_STYLE, *LATER)
 
 
 def labelled(name):
@@ -33,17 +36,52 @@ def test_error_rate_on_the_labelled_impressions_is_at_most_3_percent(name):
     assert len(wrong) <= 0.03 * len(rows), wrong
 
 
-def test_the_vlm_style_set_is_misread_at_most_5_percent_and_never_normal_as_pneumonia():
-    """Measured: 17 of 66 misread before the fix (16 as pneumonia), 3 after (4.5 %: above the 2 % goal);
-    a normal film read as pneumonia would inflate sensitivity in --evaluate: none on any set."""
+def test_the_vlm_style_set_is_misread_at_most_5_percent():
+    """Measured: 17 of 66 misread by the first NegEx reader, 3 by the fixed one, 2 by the parse-based one."""
     rows = labelled(VLM_STYLE)
     assert len(rows) >= 60
     wrong = [(r["text"], r["label"], parse_impression(r["text"])[0]) for r in rows
              if parse_impression(r["text"])[0] != r["label"]]
     assert len(wrong) <= 0.05 * len(rows), wrong
-    for name in (*SETS, VLM_STYLE):
-        flipped = [r["text"] for r in labelled(name) if r["label"] == "normal" and read_free_text(r["text"]) == "pneumonia"]
-        assert not flipped, (name, flipped)
+
+
+@pytest.mark.parametrize("name", LATER)
+def test_the_sets_written_for_issue_33_are_read_within_2_percent(name):
+    """Their first reads (before any change for them) are in tests/data/README.md: 2 of 59 and 4 of 51."""
+    rows = labelled(name)
+    wrong = [(r["text"], r["label"], parse_impression(r["text"])[0]) for r in rows
+             if parse_impression(r["text"])[0] != r["label"]]
+    assert len(wrong) <= 0.02 * len(rows), wrong
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_no_set_has_an_abnormal_film_read_as_normal_or_a_normal_one_as_pneumonia(name):
+    """Read without its Label line: an abnormal or unreadable film called normal would hide it; a normal one
+    called pneumonia would inflate sensitivity in --evaluate."""
+    rows = labelled(name)
+    missed = [r["text"] for r in rows if r["label"] != "normal" and read_free_text(r["text"]) == "normal"]
+    flipped = [r["text"] for r in rows if r["label"] == "normal" and read_free_text(r["text"]) == "pneumonia"]
+    assert not missed and not flipped, (missed, flipped)
+
+
+@pytest.mark.parametrize("text,expected", [
+    # the constructs issue 33 quoted: negation far from its target, a concession before the main clause,
+    # questions of whether, a preference, the vocabulary
+    ("Although pneumonia was the clinical concern, I do not see any radiographic evidence to support it.", "normal"),
+    ("Although the heart is normal and there is no effusion, the left base shows an opacity consistent with "
+     "lower lobe pneumonia.", "pneumonia"),
+    ("I cannot reliably determine whether pneumonia is present.", "uncertain"),
+    ("It is difficult to say whether this is pneumonia.", "uncertain"),
+    ("The appearance favors pneumonia over atelectasis.", "pneumonia"),
+    ("Atelectasis is favoured over pneumonia.", "uncertain"),
+    ("Perihilar opacities suggesting viral pneumonitis.", "pneumonia"),
+    ("Patchy bilateral bronchopneumonia.", "pneumonia"),
+    ("No evidence of consolidation, effusion or infiltrates.", "normal"),  # a list shares the negation
+    ("It is not possible to decide whether there is pneumonia.", "uncertain"),  # a negated hedge
+    ("The question of pneumonia raised in the request is not borne out.", "normal"),
+])
+def test_clause_structure_decides_the_reading(text, expected):
+    assert read_free_text(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [
