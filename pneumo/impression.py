@@ -246,7 +246,7 @@ def mentions(text: str) -> list:
     "but" around it), Markdown emphasis removed. Findings in clinical context count as neither."""
     found = []
     for doc in _docs(text):
-        previous = None
+        previous, previous_status = None, None
         for e in _joined(doc.ents):
             status = assertion(e)
             # a list shares its first member's reading ("no consolidation, effusion or infiltrates"), whatever
