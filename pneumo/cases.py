@@ -15,12 +15,12 @@ from PIL import Image
 from .audit import audit
 from .data import CLASS_NAMES
 from .explain import SHIPPED_NAME, coarse_region
-from .impression import parse_impression
+from .impression import label_line, read_free_text
 from .pictures import read_picture
 from .retrieval import exclusions, score_name, search
 from .runtime import UserError
 from .screening import BORDERLINE, region_words, screen_inputs, status
-from .vlm import build_messages, generate
+from .vlm import build_messages, forced_choice, generate
 
 NEIGHBOUR_FIELDS = ("rank", "split", "index", "label", "score")
 CLOSER = {"l2": ": lower is closer", "cosine": ": higher is closer"}  # what a neighbour's score means
@@ -142,10 +142,13 @@ def add_classifier_blocks(clf, cases, archive=None, k=5, maps=None):
 
 
 def narrate(vlm, batch, strategy, max_new_tokens):
-    """The VLM's outputs for a batch of cases (pneumo.vlm.generate), prompted with their classifier blocks."""
+    """The VLM's outputs for a batch of cases (pneumo.vlm.generate), prompted with their classifier blocks,
+    each with the label the model then scores for its own report (pneumo.vlm.forced_choice)."""
     model, processor = vlm
     conversations = [build_messages(strategy, case.vlm_image, context(case)) for case in batch]
-    return generate(model, processor, conversations, max_new_tokens)
+    narratives = generate(model, processor, conversations, max_new_tokens)
+    choices = forced_choice(model, processor, conversations, [n["text"] for n in narratives])
+    return [{**n, "forced_choice": c} for n, c in zip(narratives, choices)]
 
 
 def context(case):
@@ -161,7 +164,8 @@ def narrative_record(case, strategy, narrative, vlm, model_id, quantization):
     w, h = case.vlm_image.size
     prompt = build_messages(strategy, "<image>", context(case))
     usable = narrative["degenerate"] is None
-    impression, source = parse_impression(narrative["text"]) if usable else ("uncertain", None)
+    labels = label_sources(narrative["text"], narrative.get("forced_choice")) if usable else {}
+    impression, source = chosen_label(labels)
     return {"strategy": strategy, "model": model_id, "quantization": quantization,
             "vlm_input": {"source": case.vlm_source, "width": w, "height": h, "mode": case.vlm_image.mode,
                           "processor_size": dict(size) if size is not None else None},
@@ -169,10 +173,26 @@ def narrative_record(case, strategy, narrative, vlm, model_id, quantization):
                        for m in prompt],
             "narrative": narrative["text"] if usable else None, "raw_text": narrative["text"],
             "degenerate": narrative["degenerate"],
-            "impression": impression, "label_source": source,
-            "audit": audit(narrative["text"], impression, case.classifier.to_json()) if usable else {},
+            "impression": impression, "label_source": source, "labels": labels,
+            "forced_choice": narrative.get("forced_choice"),
+            "audit": audit(narrative["text"], impression, case.classifier.to_json(), labels) if usable else {},
             "new_tokens": narrative["new_tokens"], "batch_seconds": narrative["seconds"],
             "tokens_per_second": narrative["tokens_per_second"], "peak_gpu_memory_gb": narrative["peak_gpu_memory_gb"]}
+
+
+def label_sources(text, choice) -> dict:
+    """The three readings of one report: the model's forced choice (None when its scores were not finite),
+    the report's own Label line (None when it has none) and the free-text reading of its prose."""
+    return {"forced_choice": (choice or {}).get("label"), "label_line": label_line(text), "free_text": read_free_text(text)}
+
+
+def chosen_label(labels) -> tuple:
+    """(label, source) the comparisons use: the forced choice, which every usable report has; else the Label
+    line, else the prose (a record made without the forced choice). A degenerate output is uncertain."""
+    for source in ("forced_choice", "label_line", "free_text"):
+        if labels.get(source):
+            return labels[source], source
+    return "uncertain", None
 
 
 def markdown_report(case, records, written_by):
@@ -199,8 +219,13 @@ def markdown_report(case, records, written_by):
             lines += [f"**The model's output was {r['degenerate']} and is not shown as a report.**", ""]
             continue
         said = "withheld (input flagged)" if c.status == "withheld" else f"{c.prediction} (P = {c.probability:.3f})"
-        lines += [r["narrative"], "", "| Classifier | VLM impression (read from) |", "|---|---|",
-                  f"| {said} | {r['impression']} ({r['label_source']}) |", ""]
+        labels = r.get("labels") or {}
+        probabilities = (r.get("forced_choice") or {}).get("probabilities")
+        scored = (", ".join(f"{k} {v:.2f}" for k, v in probabilities.items())) if probabilities else "not scored"
+        lines += [r["narrative"], "", "| Classifier | VLM label (from) | model's forced choice | Label line | prose read as |",
+                  "|---|---|---|---|---|",
+                  f"| {said} | {r['impression']} ({r['label_source']}) | {scored} | "
+                  f"{labels.get('label_line') or 'none'} | {labels.get('free_text') or '-'} |", ""]
         if r["audit"]:
             lines += ["**Audit flags:** " + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()) + ".", ""]
     lines.append(f"_Research output, not a diagnosis. Generated by {written_by}._")

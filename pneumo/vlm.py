@@ -1,5 +1,5 @@
-"""The vision-language model of Task 2: loading (4-bit NF4 on CUDA), prompts and batched generation.
-Reading the narrative back is pneumo.impression's work."""
+"""The vision-language model of Task 2: loading (4-bit NF4 on CUDA), prompts, batched generation, and the
+forced choice of a label scored by the model itself. Reading the narrative's prose is pneumo.impression's work."""
 import gc
 import os
 import time
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .explain import SHIPPED_NAME
+from .impression import LABEL_LINE, LABELS
 from .runtime import UserError
 
 DEFAULT_VLM = "google/medgemma-4b-it"
@@ -56,9 +57,10 @@ def skip_module_paths(model_or_config) -> list:
     return sorted(p for p in paths if not any(p != q and p.startswith(q + ".") for q in paths))
 
 
-def quantization_config(kind: str, dtype: torch.dtype, skip_modules=NOT_QUANTIZED):
+def quantization_config(kind: str, dtype: torch.dtype, skip_modules):
     """NF4 4-bit weights with double quantisation (bitsandbytes), or None for full precision.
-    `skip_modules` are the module paths kept in `dtype` (skip_module_paths gives the real ones)."""
+    `skip_modules` are the module paths kept in `dtype`: pass skip_module_paths(config). There is no default,
+    because the bare names in NOT_QUANTIZED quantise the vision tower on transformers 5."""
     if kind == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -250,3 +252,58 @@ def release_gpu_memory():
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def report_body(text: str) -> str:
+    """The report up to its last `Label:` line (the model's own label and anything after it dropped)."""
+    found = list(LABEL_LINE.finditer(text or ""))
+    return ((text or "")[:found[-1].start()] if found else (text or "")).rstrip()
+
+
+@torch.inference_mode()
+def forced_choice(model, processor, conversations, reports, labels=LABELS):
+    """The label the model itself gives each report: for every (conversation, report), the log-probability
+    of each label word as the continuation of the prompt, the report (up to its own Label line) and
+    "Label:", summed over the word's tokens and normalised over the candidates alone. One forward pass a
+    report, its candidates as the rows of one batch, no sampling. Returns one dict a report: label,
+    probabilities and log_probabilities per candidate, or label None with the reason when a score is not
+    finite."""
+    tokenizer = processor.tokenizer
+    candidates = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    keep = max(len(c) for c in candidates) + 1
+    results = []
+    for conversation, report in zip(conversations, reports):
+        prompt = chat_inputs(processor, [conversation])
+        tail = tokenizer(report_body(report) + "\nLabel:", add_special_tokens=False)["input_ids"]
+        stem = prompt["input_ids"][0].tolist() + tail
+        rows = [stem + c for c in candidates]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        inputs = {"input_ids": ids, "attention_mask": mask,
+                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # left padding: each row counts from 0
+        if "token_type_ids" in prompt:
+            types = prompt["token_type_ids"][0].tolist() + [0] * (len(tail) + keep)
+            inputs["token_type_ids"] = torch.tensor([[0] * (width - len(r)) + types[:len(r)] for r in rows])
+        if "pixel_values" in prompt:
+            pixels = prompt["pixel_values"].to(model.dtype if model.dtype != torch.float16 else torch.float32)
+            inputs["pixel_values"] = pixels.repeat_interleave(len(rows), dim=0)
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        logits = model(**inputs, logits_to_keep=keep).logits.float()  # the last `keep` positions of every row
+        log_probs = torch.log_softmax(logits, dim=-1)
+        # the row's candidate is its last len(c) tokens; position -1-len(c)+m predicts token m of it
+        scores = [sum(float(log_probs[row, keep - len(c) - 1 + m, token]) for m, token in enumerate(c))
+                  for row, c in enumerate(candidates)]
+        results.append(choice(labels, scores))
+    return results
+
+
+def choice(labels, scores) -> dict:
+    """The forced choice from one log-probability a label: the candidates' own softmax, and the best one."""
+    if not all(torch.isfinite(torch.tensor(scores))):
+        return {"label": None, "probabilities": None, "log_probabilities": None, "reason": "non-finite score"}
+    probs = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0).tolist()
+    return {"label": labels[int(torch.tensor(scores).argmax())],
+            "probabilities": {label: round(p, 4) for label, p in zip(labels, probs)},
+            "log_probabilities": {label: round(v, 4) for label, v in zip(labels, scores)}}

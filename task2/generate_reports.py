@@ -188,30 +188,32 @@ def slug(text):
 
 
 def evaluate(args, records, strategies):
-    """Per strategy: accuracy, sensitivity, specificity against the truth, agreement with the
-    classifier, uncertain rate (uncertain counts as wrong in accuracy), the share of labels read from
-    the Label line, and the rate of each audit flag. The Markdown lists the flagged outputs."""
+    """Per strategy, with the model's forced choice as the label: accuracy, sensitivity, specificity against
+    the truth, agreement with the classifier, uncertain rate (uncertain counts as wrong in accuracy), and the
+    rate of each audit flag. Beside it, the three label sources: how often each exists, how often it is right
+    and how often it agrees with the forced choice. The Markdown lists where they disagree, and the flagged
+    outputs. Writes <out>/evaluation.csv, .json and .md (render_evaluation makes the Markdown from the json)."""
     rows = [score(strategy, [r for r in records if r["strategy"] == strategy]) for strategy in strategies]
-    reference = [{**r, "impression": r["classifier"]["prediction"], "label_source": None, "audit": {},
-                  "degenerate": None} for r in records if r["strategy"] == strategies[0]]
-    rows.append({**score("classifier (reference)", reference), "label_line_rate": None,
-                 **{f"{flag}_rate": None for flag in FLAGS}})
+    reference = [{**r, "impression": r["classifier"]["prediction"], "labels": {}, "audit": {}, "degenerate": None}
+                 for r in records if r["strategy"] == strategies[0]]
+    rows.append({**score("classifier (reference)", reference), **{f"{flag}_rate": None for flag in FLAGS},
+                 **{key: None for key in SOURCE_COLUMNS}})
     write_csv_atomic(args.out / "evaluation.csv", list(rows[0]), [list(r.values()) for r in rows])
-    cols = [c for c in rows[0] if c != "strategy"]
-    md = [f"# VLM impressions against the truth: {args.model} ({args.quantization}), {rows[0]['n']} {args.split} images",
-          "", f"Written by `python task2/generate_reports.py --evaluate --n {args.n} --prompt {args.prompt}` "
-          f"(seed {args.seed}).", "", "| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    md += [f"| {r['strategy']} | " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    flagged = [r for r in records if r.get("audit")]
-    md += ["", f"## Flagged outputs ({len(flagged)} of {len(records)})", ""]
-    md += ["| image | truth | strategy | impression | flags |", "|---|---|---|---|---|"] if flagged else ["None."]
-    md += [f"| {r['image']} | {r['label']} | {r['strategy']} | {r['impression']} | "
-           + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()).replace("|", "/") + " |" for r in flagged]
-    write_text_atomic(args.out / "evaluation.md", "\n".join(md) + "\n")
-    print("\n".join(md))
-    write_json_atomic(args.out / "evaluation.json", {"model": args.model, "quantization": args.quantization,
-                                                     "split": args.split, "seed": args.seed, "rows": rows})
+    result = {"model": args.model, "quantization": args.quantization, "split": args.split, "seed": args.seed,
+              "n": args.n, "prompt": args.prompt, "rows": rows,
+              "disagreements": [{k: r.get(k) for k in ("image", "label", "strategy", "labels", "forced_choice")}
+                                for r in records if "label_disagreement" in r.get("audit", {})],
+              "flagged": [{k: r.get(k) for k in ("image", "label", "strategy", "impression", "audit")}
+                          for r in records if r.get("audit")], "records": len(records)}
+    write_json_atomic(args.out / "evaluation.json", result)
+    md = render_evaluation(result)
+    write_text_atomic(args.out / "evaluation.md", md)
+    print(md)
     return rows
+
+
+SOURCES = ("forced_choice", "label_line", "free_text")
+SOURCE_COLUMNS = [f"{source}_{what}" for source in SOURCES for what in ("present", "accuracy", "agrees")]
 
 
 def score(strategy, rs):
@@ -225,8 +227,59 @@ def score(strategy, rs):
             "agreement_with_classifier": float((said == clf).mean()),
             "uncertain_rate": float((said == "uncertain").mean()),
             "degenerate": int(sum(r["degenerate"] is not None for r in rs)),
-            "label_line_rate": float(np.mean([r["label_source"] == "label_line" for r in rs])),
-            **{f"{flag}_rate": float(np.mean([flag in r["audit"] for r in rs])) for flag in FLAGS}}
+            **{f"{flag}_rate": float(np.mean([flag in r["audit"] for r in rs])) for flag in FLAGS},
+            **source_columns(rs)}
+
+
+def source_columns(rs) -> dict:
+    """For each label source: the share of records that have it, its accuracy where it exists, and its
+    agreement with the forced choice where both exist."""
+    out = {}
+    for source in SOURCES:
+        have = [r for r in rs if (r.get("labels") or {}).get(source)]
+        both = [r for r in have if r["labels"].get("forced_choice")]
+        out[f"{source}_present"] = len(have) / len(rs) if rs else None
+        out[f"{source}_accuracy"] = float(np.mean([r["labels"][source] == r["label"] for r in have])) if have else None
+        out[f"{source}_agrees"] = (float(np.mean([r["labels"][source] == r["labels"]["forced_choice"] for r in both]))
+                                   if both else None)
+    return out
+
+
+def render_evaluation(result) -> str:
+    """The Markdown of evaluation.json: the strategies by the forced choice, the three label sources side by
+    side, where the Label line or the prose disagreed with the forced choice, and the flagged outputs."""
+    rows = result["rows"]
+    main = [c for c in rows[0] if c != "strategy" and c not in SOURCE_COLUMNS]
+    md = [f"# VLM impressions against the truth: {result['model']} ({result['quantization']}), {rows[0]['n']} "
+          f"{result['split']} images", "",
+          f"Written by `python task2/generate_reports.py --evaluate --n {result['n']} --prompt {result['prompt']}` "
+          f"(seed {result['seed']}).", "",
+          "The label compared is the model's **forced choice**: after each report, the model scores the words "
+          "normal, pneumonia and uncertain as the continuation of its report plus `Label:`, and the most probable "
+          "one is taken. It exists for every report whatever its prose looks like; the Label line the prompt asks "
+          "for and the reading of the prose are kept beside it as an audit.", "",
+          "| strategy | " + " | ".join(main) + " |", "|---" * (len(main) + 1) + "|"]
+    md += [f"| {r['strategy']} | " + " | ".join(cell(r[c]) for c in main) + " |" for r in rows]
+    md += ["", "## Three label sources, side by side", "",
+           "Present: share of reports with that label; accuracy: against the truth where present; agrees: with the "
+           "forced choice where both exist.", "",
+           "| strategy | forced choice: present | accuracy | Label line: present | accuracy | agrees | "
+           "prose: present | accuracy | agrees |", "|---" * 10 + "|"]
+    md += [f"| {r['strategy']} | " + " | ".join(cell(r[c]) for c in SOURCE_COLUMNS if c != "forced_choice_agrees") + " |"
+           for r in rows if r.get("forced_choice_present") is not None]
+    for strategy in [r["strategy"] for r in rows if r.get("forced_choice_present") is not None]:
+        found = [d for d in result["disagreements"] if d["strategy"] == strategy]
+        md += ["", f"### Disagreements with the forced choice: {strategy} ({len(found)})", ""]
+        md += ["| image | truth | forced choice (P) | Label line | prose |", "|---|---|---|---|---|"] if found else ["None."]
+        md += [f"| {d['image']} | {d['label']} | {d['labels'].get('forced_choice')} "
+               f"({cell((d['forced_choice'] or {}).get('probabilities', {}).get(d['labels'].get('forced_choice')))}) | "
+               f"{d['labels'].get('label_line') or 'none'} | {d['labels'].get('free_text')} |" for d in found]
+    flagged = result["flagged"]
+    md += ["", f"## Flagged outputs ({len(flagged)} of {result['records']})", ""]
+    md += ["| image | truth | strategy | impression | flags |", "|---|---|---|---|---|"] if flagged else ["None."]
+    md += [f"| {r['image']} | {r['label']} | {r['strategy']} | {r['impression']} | "
+           + "; ".join(f"{k}: {v}" for k, v in r["audit"].items()).replace("|", "/") + " |" for r in flagged]
+    return "\n".join(md) + "\n"
 
 
 def cell(value):

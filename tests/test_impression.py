@@ -171,3 +171,15 @@ def test_audit_places_each_finding_by_its_own_clause_and_checks_hedged_ones():
     assert "location_vs_gradcam" in audit("Possible left basal consolidation.", "uncertain", clf)  # hedged
     assert "location_vs_gradcam" not in audit("Possible right basal consolidation.", "uncertain", clf)
     assert "location_vs_gradcam" not in audit("Right lower lobe pneumonia, left lung clear.", "pneumonia", clf)
+
+
+def test_audit_lists_a_label_line_or_prose_that_disagrees_with_the_forced_choice():
+    clf = {"probability": 0.5, "region": "no localised evidence"}
+    text = "Impression: Possible right basal pneumonia.\nLabel: normal"
+    flags = audit(text, "pneumonia", clf, {"forced_choice": "pneumonia", "label_line": "normal", "free_text": "uncertain"})
+    assert flags["label_disagreement"] == ("Label line says normal; prose says uncertain; the model's forced choice "
+                                           "is pneumonia")
+    agree = {"forced_choice": "uncertain", "label_line": None, "free_text": "uncertain"}
+    assert "label_disagreement" not in audit("Impression: Possible pneumonia.", "uncertain", clf, agree)
+    assert "label_disagreement" not in audit(text, "normal", clf, {"forced_choice": None, "label_line": "normal",
+                                                                   "free_text": "uncertain"})

@@ -23,10 +23,10 @@ def tiny_vlm(tmp_path_factory):
 
 
 def test_quantisation_config_is_nf4_with_double_quantisation():
-    config = quantization_config("nf4", torch.float32)
+    config = quantization_config("nf4", torch.float32, ["model.vision_tower"])
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.float32
-    assert quantization_config("none", torch.float32) is None
+    assert quantization_config("none", torch.float32, []) is None
     assert compute_dtype(torch.device("cpu")) == torch.float32
 
 
@@ -194,7 +194,11 @@ def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoi
     lines = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
     assert lines == records
     for r in lines:
-        assert r["model"] == str(tiny_vlm) and r["impression"] in LABELS and r["label_source"] == "fallback"
+        assert r["model"] == str(tiny_vlm) and r["impression"] in LABELS and r["label_source"] == "forced_choice"
+        assert r["impression"] == r["forced_choice"]["label"] == r["labels"]["forced_choice"]
+        assert list(r["forced_choice"]["probabilities"]) == list(LABELS)
+        assert abs(sum(r["forced_choice"]["probabilities"].values()) - 1) < 1e-3
+        assert r["labels"]["free_text"] in LABELS and r["labels"]["label_line"] in (None, *LABELS)
         assert isinstance(r["audit"], dict)
         assert 0 <= r["classifier"]["probability"] <= 1 and r["classifier"]["prediction"] in ("normal", "pneumonia")
         assert r["vlm_input"] == {"source": "medmnist_28px", "width": 28, "height": 28, "mode": "RGB", "processor_size": {"height": 16, "width": 16}}
@@ -203,6 +207,92 @@ def test_reports_with_the_tiny_vlm_for_every_strategy(tiny_vlm, trained_checkpoi
     assert f"{aware['classifier']['probability']:.2f}" in aware["prompt"][1]["text"]
     report = (out / "test_0.md").read_text()
     assert "P(pneumonia)" in report and report.count("## Narrative") == 3
+
+
+def assert_forced_choice_is_the_candidates_own_softmax(found):
+    """What forced_choice gives equals a plain unbatched forward pass: each candidate's summed token
+    log-probabilities, normalised over the candidates alone; batched or alone, the same."""
+    import math
+
+    def close(a, b, tol=2e-3):
+        return len(a) == len(b) and all(abs(x - y) < tol for x, y in zip(a, b))
+    for got, alone, ref in zip(found["batch"], found["alone"], found["reference"]):
+        assert list(got["probabilities"]) == list(LABELS) and abs(sum(got["probabilities"].values()) - 1) < 1e-3
+        assert close(list(got["log_probabilities"].values()), ref), (got, ref)
+        assert close(list(got["probabilities"].values()), list(alone["probabilities"].values()))
+        total = math.log(sum(math.exp(v) for v in ref))
+        assert close(list(got["probabilities"].values()), [math.exp(v - total) for v in ref])
+        assert got["label"] == LABELS[ref.index(max(ref))]
+    for got, ref in zip(found["longer"], found["reference_longer"]):  # candidates of 1, 3 and 2 tokens
+        assert close(list(got["log_probabilities"].values()), ref), (got, ref)
+    # the report's text is part of what is scored: two reports, two sets of scores
+    assert not close(list(found["batch"][0]["log_probabilities"].values()),
+                     list(found["batch"][1]["log_probabilities"].values()), 1e-4)
+
+
+def test_forced_choice_is_the_models_own_score_of_the_three_labels(tiny_vlm):
+    from forced_choice_probe import probe
+    assert_forced_choice_is_the_candidates_own_softmax(probe(tiny_vlm))
+
+
+def test_forced_choice_on_transformers_4_56(tmp_path):
+    """The same checks in the second environment, on a tiny Gemma 3 saved there (5.x's tokenizer files do
+    not load on 4.56)."""
+    if not TRANSFORMERS4.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{TRANSFORMERS4} is missing: scripts/test.sh makes it")
+        pytest.skip(f"{TRANSFORMERS4} is missing: bash scripts/test.sh makes it")
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "forced_choice_probe.py"), str(tmp_path / "tiny"), "--build"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(TRANSFORMERS4), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["transformers"].startswith("4.56.")
+    assert_forced_choice_is_the_candidates_own_softmax(found)
+
+
+def test_forced_choice_is_normalised_over_the_candidates_alone(tiny_vlm):
+    """A word that is no candidate, made far likelier, moves every candidate's log-probability and leaves
+    their probabilities as they were; the report's text moves them."""
+    from pneumo.vlm import forced_choice
+    model, processor = load_vlm(str(tiny_vlm), "none", torch.device("cpu"))
+    conversation = [build_messages("zero_shot", Image.new("RGB", (28, 28), 90))]
+    report = ["Findings: lungs are clear"]
+    before = forced_choice(model, processor, conversation, report)[0]
+    other = processor.tokenizer.convert_tokens_to_ids("heart")
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: out.index_add(
+        -1, torch.tensor([other]), torch.full((*out.shape[:-1], 1), 8.0)))
+    try:
+        boosted = forced_choice(model, processor, conversation, report)[0]
+    finally:
+        hook.remove()
+    assert all(boosted["log_probabilities"][k] < before["log_probabilities"][k] - 1 for k in LABELS)
+    assert all(abs(boosted["probabilities"][k] - before["probabilities"][k]) < 2e-3 for k in LABELS)
+    changed = forced_choice(model, processor, conversation, ["Findings: right lower lobe consolidation"])[0]
+    assert changed["probabilities"] != before["probabilities"]
+
+
+def test_evaluate_puts_the_three_label_sources_side_by_side(tiny_vlm, trained_checkpoint, synthetic_root, tmp_path):
+    """--evaluate with the tiny Gemma 3: the comparison uses the forced choice, and each source's presence,
+    accuracy and agreement in evaluation.json are what the records say; the Markdown is rendered from it."""
+    out = tmp_path / "e"
+    generate_reports.main(generate_reports.parse_args([
+        "--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root), "--evaluate", "--n", "4",
+        "--model", str(tiny_vlm), "--quantization", "none", "--prompt", "all", "--batch_size", "2",
+        "--max_new_tokens", "4", "--out", str(out), "--device", "cpu", "--index", str(tmp_path / "none.faiss"),
+        "--vlm_size", "28"]))
+    records = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
+    result = json.loads((out / "evaluation.json").read_text())
+    for row in result["rows"][:3]:
+        mine = [r for r in records if r["strategy"] == row["strategy"]]
+        assert row["accuracy"] == np.mean([r["forced_choice"]["label"] == r["label"] for r in mine])
+        assert row["forced_choice_present"] == 1.0
+        assert row["free_text_agrees"] == np.mean([r["labels"]["free_text"] == r["forced_choice"]["label"] for r in mine])
+        disagreeing = [r["image"] for r in mine if r["labels"]["free_text"] != r["forced_choice"]["label"]]
+        assert sorted(d["image"] for d in result["disagreements"] if d["strategy"] == row["strategy"]) == sorted(disagreeing)
+    md = (out / "evaluation.md").read_text()
+    assert md == generate_reports.render_evaluation(result)
+    assert "## Three label sources, side by side" in md and "forced choice" in md
 
 
 def test_no_vlm_path_writes_structured_reports_and_says_so(trained_checkpoint, synthetic_root, tmp_path):
@@ -372,16 +462,19 @@ def test_evaluate_reports_flag_rates_and_lists_the_flagged_outputs(tmp_path):
     clf = {"probability": 0.95, "prediction": "pneumonia", "region": "right lung, lower zone"}
 
     def rec(image, label, strategy, impression, flags, source="label_line"):
+        labels = {"forced_choice": impression, "label_line": impression if source == "label_line" else None,
+                  "free_text": impression}
         return {"image": image, "label": label, "strategy": strategy, "impression": impression, "classifier": clf,
-                "label_source": source, "audit": flags, "degenerate": None}
+                "label_source": "forced_choice", "labels": labels, "forced_choice": {"label": impression},
+                "audit": flags, "degenerate": None}
     records = [rec("test #1", "pneumonia", "zero_shot", "normal", {"contradicts_classifier": "x"}, "fallback"),
                rec("test #2", "pneumonia", "zero_shot", "pneumonia", {}),
                rec("test #1", "pneumonia", "clinical_role", "pneumonia", {"unasked_findings": "nasogastric tube"}),
                rec("test #2", "pneumonia", "clinical_role", "uncertain", {})]
     rows = {r["strategy"]: r for r in generate_reports.evaluate(args, records, ["zero_shot", "clinical_role"])}
-    assert rows["zero_shot"]["contradicts_classifier_rate"] == 0.5 and rows["zero_shot"]["label_line_rate"] == 0.5
+    assert rows["zero_shot"]["contradicts_classifier_rate"] == 0.5 and rows["zero_shot"]["label_line_present"] == 0.5
     assert rows["clinical_role"]["unasked_findings_rate"] == 0.5 and rows["clinical_role"]["uncertain_rate"] == 0.5
-    assert rows["classifier (reference)"]["accuracy"] == 1.0 and rows["classifier (reference)"]["label_line_rate"] is None
+    assert rows["classifier (reference)"]["accuracy"] == 1.0 and rows["classifier (reference)"]["label_line_present"] is None
     md = (tmp_path / "evaluation.md").read_text()
     assert "## Flagged outputs (2 of 4)" in md and "| test #1 | pneumonia | clinical_role | pneumonia | unasked_findings: nasogastric tube |" in md
     assert "NaN" not in (tmp_path / "evaluation.json").read_text()
@@ -393,7 +486,8 @@ def test_evaluate_runs_end_to_end_with_the_tiny_vlm(tiny_vlm, trained_checkpoint
                      "--device", "cpu", "--out", tmp_path / "e", "--index", tmp_path / "none.faiss")
     assert result.returncode == 0, result.stderr
     table = json.loads((tmp_path / "e" / "evaluation.json").read_text())["rows"][0]
-    assert table["n"] == 3 and table["label_line_rate"] == 0.0  # the random model writes no Label line
+    assert table["n"] == 3 and table["label_line_present"] == 0.0  # the random model writes no Label line
+    assert table["forced_choice_present"] == 1.0  # the forced choice exists all the same
     assert {f"{flag}_rate" for flag in ("contradicts_classifier", "location_vs_gradcam", "unasked_findings")} <= set(table)
 
 

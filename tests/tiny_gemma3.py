@@ -2,7 +2,7 @@
 so the code that loads MedGemma can load it offline."""
 from pathlib import Path
 
-WORDS = ("findings impression normal pneumonia lungs are clear no consolidation right left lower upper lobe "
+WORDS = ("findings impression normal pneumonia uncertain lungs are clear no consolidation right left lower upper lobe "
          "opacity heart size the of and with a is in x-ray chest radiograph describe this report read "
          "short : . , - ' ( ) = 0 1 2 3 4 5 6 7 8 9 you expert pediatric radiologist helpful medical assistant "
          "system user model").split()
