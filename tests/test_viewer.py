@@ -174,9 +174,12 @@ def test_with_a_vlm_the_narrative_joins_the_report(tmp_path, film):
                           "cpu", vlm=VlmSession(vlm, str(tiny), "none"))
     case = shown(app.open_upload(with_vlm, str(film)))["state"]
     record = with_vlm.narrate(case, max_new_tokens=3)
-    assert record["vlm_input"]["source"] == "file" and record["label_source"] == "fallback"
+    assert record["vlm_input"]["source"] == "file" and record["label_source"] == "forced_choice"
     _, message, report, md_file, json_file = app.write_narrative(with_vlm, case)
     assert message == f"Showing **{film.name}**. Narrative written." and "## Narrative: context_aware prompt" in report
+    record = case.records[-1]  # the button's own run (its longer narrative is scored anew)
+    chosen = record["forced_choice"]["label"]  # the model's own scores of the three labels, shown beside the prose
+    assert f"| {chosen} (forced_choice) | " in report and f"{chosen} {record['forced_choice']['probabilities'][chosen]:.2f}" in report
     assert open(md_file).read() == report  # the Markdown download carries the narrative too
     assert '"narratives"' in open(json_file).read()
 
