@@ -63,6 +63,8 @@ HEDGE_WORDS = {"possible", "possibly", "questionable", "questionably", "equivoca
 JUDGING = {"exclude", "rule", "determine", "say", "tell", "distinguish", "differentiate", "confirm", "decide",
            "know", "assess", "evaluate", "separate"}
 RESOLVED = {"resolve", "clear", "disappear"}
+# Verbs that tie a finding to evidence for it: negated evidence above them negates the finding
+SUPPORTING = {"suggest", "indicate", "support", "explain", "point"}
 CONTEXT = {"concern", "question", "history", "request", "indication", "referral", "reason", "query", "suspicion"}
 # Clause relations that end the climb: a finding's reading does not reach across them
 _BOUNDARY = {"advcl", "parataxis"}
@@ -143,8 +145,8 @@ def assertion(span) -> str:
     context = [lvl for lvl, kind in cues if kind == "context"]
     if context and not any(kind == "negated" and lvl > min(context) for lvl, kind in cues):
         return "context"
-    decisive = [(lvl, kind != "hedged", kind) for lvl, kind in cues if kind in ("negated", "hedged")]
-    return max(decisive)[2] if decisive else "affirmed"  # the highest cue; a hedge wins a tie
+    decisive = [(lvl, kind == "negated", kind) for lvl, kind in cues if kind in ("negated", "hedged")]
+    return max(decisive)[2] if decisive else "affirmed"  # the highest cue; a negation wins a tie
 
 
 def _cues_before(span):
@@ -182,6 +184,7 @@ def _cues_at(node, came_from, level):
                   or (c.lower_ in ("nothing", "none") and c.dep_.startswith("nsubj"))
                   or (c.lower_ == "longer" and any(g.lower_ == "no" for g in c.children)) for c in others)
     doubted = any(c.lower_ in HEDGE_WORDS | {"certain", "sure"} and c.dep_ in ("acomp", "oprd") for c in others)
+    doubted = doubted or any(c.dep_ == "aux" and c.lower_ in MODALS for c in others)  # "may not represent"
     if negated and doubted:
         kinds.append("hedged")  # "it is not possible to decide whether", "I am not certain whether"
     elif lemma in JUDGING and node.pos_ == "VERB":
@@ -208,11 +211,16 @@ def _cues_at(node, came_from, level):
             kinds.append("hedged")  # "the differential diagnosis includes pneumonia"
         if c.lemma_.lower() in CONTEXT and c.dep_ in ("attr", "nsubj") and lemma == "be":
             kinds.append("context")  # "pneumonia was the clinical concern", "the concern was pneumonia"
+        elif c.lemma_.lower() in CONTEXT and c.dep_ == "nsubj" and node.pos_ == "VERB":
+            kinds.append("context")  # "the request mentions suspected pneumonia"
+        if (came_from is not None and came_from.lemma_.lower() in SUPPORTING and c.dep_ in ("attr", "nsubj", "dobj")
+                and (c.lower_ in ("nothing", "none") or any(g.dep_ == "det" and g.lower_ == "no" for g in c.children))):
+            kinds.append("negated")  # "there is no consolidation to suggest pneumonia"
         if (c.dep_ == "advcl" and any(g.dep_ == "mark" and g.lower_ in ("although", "though") for g in c.children)
                 and any(g.dep_ == "aux" and g.lower_ in MODALS for g in c.children)):
             kinds.append("hedged")  # "pneumonia, although atelectasis could look similar"
     if level > 0:
-        if word in ("without", "negative", "free", "absent", "unlikely") or lemma in ("absence", "resolution"):
+        if word in ("without", "negative", "free", "absent", "unlikely", "nothing", "none") or lemma in ("absence", "resolution"):
             kinds.append("negated")
         elif word in HEDGE_WORDS:
             kinds.append("hedged")
