@@ -27,6 +27,7 @@ from pneumo.errors import run_script
 from pneumo.milvus_archive import connect
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, IndexSpec, meta_path
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
+from pneumo.search_depth import DEFAULT_MAX_NPROBE, DEFAULT_QUERIES, DEFAULT_TARGET, depth_line, tune_index_file
 from pneumo.streamed_index import LARGE_FACTORY, VECTOR_FILE_INDEX, build_streamed, record_path
 
 
@@ -54,6 +55,13 @@ def parse_args(argv=None):
     large.add_argument("--factory", default=LARGE_FACTORY, help=f"FAISS index factory string (default {LARGE_FACTORY})")
     large.add_argument("--train_size", type=positive_int, default=327_680,
                        help="rows drawn to train the quantizers (default 327,680: 20 per cell of the default)")
+    large.add_argument("--recall_target", type=ranged(float, 0.01, 1.0), default=DEFAULT_TARGET,
+                       help=f"recall@10 the search depth is chosen for, measured on the archive's own vectors "
+                            f"(default {DEFAULT_TARGET})")
+    large.add_argument("--tune_queries", type=positive_int, default=DEFAULT_QUERIES,
+                       help=f"archive rows held out as queries to choose the depth (default {DEFAULT_QUERIES})")
+    large.add_argument("--max_nprobe", type=positive_int, default=DEFAULT_MAX_NPROBE,
+                       help=f"deepest search considered, in cells visited (default {DEFAULT_MAX_NPROBE})")
     args = p.parse_args(argv)
     if args.vectors and args.backend != "faiss":
         p.error("--vectors builds a FAISS index; the Milvus mapping of it is IVF_SQ8 (see the README)")
@@ -93,9 +101,13 @@ def index_vector_file(args):
     run = print_run_header("build_index", args)
     record = build_streamed(args.vectors, args.out, rows=args.rows, factory=args.factory, train_size=args.train_size,
                             seed=args.seed)
-    write_json_atomic(record_path(args.out), {"kind": VECTOR_FILE_INDEX, **run, **record})
+    search = tune_index_file(args.out, args.vectors, record["rows"], args.recall_target, args.tune_queries,
+                             args.max_nprobe, seed=args.seed)
+    write_json_atomic(record_path(args.out), {"kind": VECTOR_FILE_INDEX, **run, **record, "search": search})
+    print(depth_line(search))
     print(f"indexed {record['ntotal']:,} vectors of {args.vectors} in {args.factory} ({record['train_s']:.0f} s training, "
-          f"{record['add_s']:.0f} s adding); wrote {args.out} and {record_path(args.out)}")
+          f"{record['add_s']:.0f} s adding, {search['truth_s'] + search['explore_s']:.0f} s choosing the depth); wrote "
+          f"{args.out} and {record_path(args.out)}")
 
 
 if __name__ == "__main__":
