@@ -195,13 +195,12 @@ def load_index(path, checkpoint_sha256: str, dim: int | None = None, data_root=N
                         f"`python task3/build_index.py`")
     try:
         meta = json.loads(meta_path(path).read_text())
-        data = path.read_bytes()
+        data = None if isinstance(meta, dict) and meta.get("kind") == VECTOR_FILE_INDEX else path.read_bytes()
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise UserError(f"{path} or its metadata is unreadable ({type(err).__name__}); {rebuild}") from None
-    if isinstance(meta, dict) and meta.get("kind") == VECTOR_FILE_INDEX:
-        raise UserError(f"{path} indexes the vector file {meta.get('vectors')}, not the classifier's archive: it has no "
-                        f"cases to show (benchmarks/task3_large.py measures such indexes); build the archive with "
-                        f"`python task3/build_index.py`")
+    if isinstance(meta, dict) and meta.get("kind") == VECTOR_FILE_INDEX:  # an archive of a vector file, opened lazily
+        from .large_archive import open_vector_archive
+        return open_vector_archive(path, meta, checkpoint_sha256, dim)
     if not isinstance(meta, dict) or "index_sha256" not in meta:
         raise UserError(f"{meta_path(path)} records no digest of {path.name} (written by an older build); {rebuild}")
     if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
@@ -253,7 +252,10 @@ def _score(value, metric):
 
 
 def exclusions(index_meta, keys):
-    """Archive row of each query that is itself archived (else -1), or None when none is."""
+    """Archive row of each query that is itself archived (else -1), or None when none is. An archive of a
+    vector file (rows read lazily, not dataset films) holds no dataset film as such: None."""
+    if not isinstance(index_meta.rows, list):
+        return None
     row_of = {(r["split"], r["index"]): row for row, r in enumerate(index_meta.rows)}
     rows = [row_of.get(key, -1) if key else -1 for key in keys]
     return rows if any(r >= 0 for r in rows) else None
@@ -302,6 +304,18 @@ def archive_sampler(index_path, rng, dim=512):
     eigvals, eigvecs = np.linalg.eigh(np.cov(real, rowvar=False))
     root = eigvecs * np.sqrt(np.clip(eigvals, 0, None))  # covariance = root @ root.T
     return in_chunks(lambda m: mean + rng.standard_normal((m, dim)) @ root.T, dim=dim)
+
+
+def clustered_sampler(index_path, rng, spread=0.15, dim=512):
+    """sample(n): n synthetic embeddings in tight clusters, as repeat studies and similar patients make: a real
+    archived case drawn at random plus anisotropic noise (the archive's own covariance scaled by spread**2)."""
+    index = faiss.read_index(str(index_path)) if Path(index_path).is_file() else None
+    if index is None or index.d != dim:
+        raise UserError(f"{index_path} is not a {dim}-d archive: build the real archive with `python task3/build_index.py`")
+    real = index.reconstruct_n(0, index.ntotal).astype(np.float64)
+    eigvals, eigvecs = np.linalg.eigh(np.cov(real, rowvar=False))
+    root = eigvecs * np.sqrt(np.clip(eigvals, 0, None)) * spread
+    return in_chunks(lambda m: real[rng.integers(0, len(real), m)] + rng.standard_normal((m, dim)) @ root.T, dim=dim)
 
 
 def in_chunks(draw, chunk=100_000, dim=512):

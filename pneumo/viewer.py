@@ -105,7 +105,9 @@ class CaseViewer:
             maps, _ = self.clf.gradcam(case.small[None], target_classes=[1])
             case.maps = {"pneumonia": maps[0]}
             add_classifier_blocks(self.clf, [case], self.archive, self.k, maps=maps)
-        case.neighbour_films = [self.split(h["split"])[0][h["index"]] for h in case.classifier.neighbours or []]
+        # an archive of a vector file may hold cases that are no dataset film: a blank square stands for them
+        case.neighbour_films = [self.split(h["split"])[0][h["index"]] if h["split"] in SPLITS
+                                else np.zeros((self.clf.image_size,) * 2, np.uint8) for h in case.classifier.neighbours or []]
         case.records = []
         return case
 

@@ -5,7 +5,7 @@
     python task3/build_index.py --metric cosine --index_type hnsw --out /tmp/hnsw.faiss
     python task3/build_index.py --backend milvus                # Milvus Lite, runs/default/task3_milvus.db
     python task3/build_index.py --backend milvus --uri http://localhost:19530   # a Milvus server
-    python task3/build_index.py --vectors embeddings.npy --out big.faiss    # millions of vectors, streamed
+    python task3/build_index.py --vectors embeddings.npy --rows cases.parquet --out big.faiss   # millions, streamed
 
 Writes <out> (FAISS index) and <out stem>.json (row -> split, index, label; metric; the checkpoint's
 SHA-256; build parameters), both atomically; with --backend milvus, the collection --collection at --uri
@@ -13,22 +13,27 @@ instead (the same vectors and metadata, built under a temporary name and swapped
 on one machine; see the README for when to pick HNSW or IVF. With --vectors, a .npy file of vectors
 (float16 or float32, rows x dim, read in chunks: it may be larger than memory) is indexed instead, into
 an IVF-HNSW-SQ8 index (--factory) with a build record beside it, resumable after a kill (rerun the same
-command); benchmarks/task3_large.py measures such indexes at 1M-10M vectors.
+command); the search depth is chosen there for --recall_target on a sample of the archive's own vectors and
+recorded. With --rows, a Parquet file of one case row per vector (a label column; split, index, source file or
+study id as it has them) is kept beside it (<out stem>.rows.parquet), and query.py answers from that archive as
+from the small one. benchmarks/task3_large.py measures such indexes at 1M-10M vectors.
 """
 from pathlib import Path
 
 from pneumo.archive import ArchiveSource, build_archive, written_where
-from pneumo.atomic import check_writable, write_json_atomic
+from pneumo.atomic import check_writable, file_sha256, write_json_atomic
+from pneumo.case_rows import check_rows, rows_path, write_rows
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, make_parser, positive_int, ranged
 from pneumo.data import CLASS_NAMES
 from pneumo.errors import run_script
+from pneumo.large_archive import file_stamp
 from pneumo.milvus_archive import connect
 from pneumo.retrieval import DEFAULT_INDEX, INDEX_NAME, INDEX_TYPES, METRICS, IndexSpec, meta_path
 from pneumo.runtime import DEFAULT_RUN, print_run_header, resolve_device
 from pneumo.search_depth import DEFAULT_MAX_NPROBE, DEFAULT_QUERIES, DEFAULT_TARGET, depth_line, tune_index_file
-from pneumo.streamed_index import LARGE_FACTORY, VECTOR_FILE_INDEX, build_streamed, record_path
+from pneumo.streamed_index import LARGE_FACTORY, VECTOR_FILE_INDEX, build_streamed, open_vectors, record_path
 
 
 def parse_args(argv=None):
@@ -51,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, default=256, help="images per forward pass (default 256)")
     large = p.add_argument_group("a vector file larger than memory (instead of the classifier's embeddings)")
     large.add_argument("--vectors", type=Path, help="a .npy file of vectors (rows x dim, float16 or float32)")
-    large.add_argument("--rows", type=positive_int, help="index only the first ROWS rows (default all)")
+    large.add_argument("--rows", type=Path, help="case rows: a Parquet file with a label column, one row per vector "
+                                                 "(without it the index has no cases to show and only the benchmark uses it)")
+    large.add_argument("--limit", type=positive_int, help="index only the first LIMIT vectors (default all)")
     large.add_argument("--factory", default=LARGE_FACTORY, help=f"FAISS index factory string (default {LARGE_FACTORY})")
     large.add_argument("--train_size", type=positive_int, default=327_680,
                        help="rows drawn to train the quantizers (default 327,680: 20 per cell of the default)")
@@ -96,18 +103,27 @@ def main(args):
 
 
 def index_vector_file(args):
-    """--vectors: the streamed, resumable IVF-HNSW-SQ8 build, and its record beside the index."""
-    check_writable(args.out, "file")
+    """--vectors: the streamed, resumable IVF-HNSW-SQ8 build, its search depth, its case rows, and its record
+    beside the index. The vectors are taken to be --checkpoint's embeddings: its SHA-256 is recorded, and
+    query.py refuses the archive with another classifier."""
+    for path in (args.out, record_path(args.out), rows_path(args.out)):
+        check_writable(path, "file")
+    if args.rows is not None:  # before the build, not after it
+        check_rows(args.rows, args.limit or open_vectors(args.vectors).shape[0])
+    checkpoint_sha256 = file_sha256(args.checkpoint) if Path(args.checkpoint).is_file() else None
     run = print_run_header("build_index", args)
-    record = build_streamed(args.vectors, args.out, rows=args.rows, factory=args.factory, train_size=args.train_size,
+    record = build_streamed(args.vectors, args.out, rows=args.limit, factory=args.factory, train_size=args.train_size,
                             seed=args.seed)
     search = tune_index_file(args.out, args.vectors, record["rows"], args.recall_target, args.tune_queries,
                              args.max_nprobe, seed=args.seed)
-    write_json_atomic(record_path(args.out), {"kind": VECTOR_FILE_INDEX, **run, **record, "search": search})
+    case_rows = write_rows(args.rows, args.out, record["rows"]) if args.rows is not None else None
+    write_json_atomic(record_path(args.out), {"kind": VECTOR_FILE_INDEX, **run, **record, "search": search,
+                                              "checkpoint_sha256": checkpoint_sha256, "case_rows": case_rows,
+                                              "index_sha256": file_sha256(args.out), "index_stamp": file_stamp(args.out)})
     print(depth_line(search))
     print(f"indexed {record['ntotal']:,} vectors of {args.vectors} in {args.factory} ({record['train_s']:.0f} s training, "
           f"{record['add_s']:.0f} s adding, {search['truth_s'] + search['explore_s']:.0f} s choosing the depth); wrote "
-          f"{args.out} and {record_path(args.out)}")
+          f"{args.out} and {record_path(args.out)}" + (f" and {rows_path(args.out)}" if case_rows else ""))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ A query that is itself in the archive is left out of its own results.
 """
 from pathlib import Path
 
+import numpy as np
+
 from pneumo.archive import ArchiveSource
 from pneumo.atomic import check_writable, write_json_atomic, write_text_atomic
 from pneumo.checkpoint import DEFAULT_CHECKPOINT
 from pneumo.classifier import Classifier
 from pneumo.cli import INFERENCE_SIZE, add_shared_flags, check_images_or_indices, make_parser, positive_int
-from pneumo.data import CLASS_NAMES, load_split
+from pneumo.data import CLASS_NAMES, SPLITS, load_split
 from pneumo.errors import run_script
 from pneumo.model import EMBEDDING_DIM
 from pneumo.pictures import load_inputs
@@ -91,7 +93,7 @@ def plot_gallery(args, images, records, index_meta, size):
     shown_k = min(args.k, GALLERY_NEIGHBOURS)
     records = [{**r, "neighbours": r["neighbours"][:shown_k]} for r in records[:GALLERY_QUERIES]]
     archive = {split: load_split(args.data_root, split, size)[0]
-               for split in {h["split"] for r in records for h in r["neighbours"]}}
+               for split in {h["split"] for r in records for h in r["neighbours"]} if split in SPLITS}
     panels = []
     for image, record in zip(images, records):
         flagged = "\nFLAGGED: " + record["flags"][0].split(" (")[0] if record["flags"] else ""
@@ -99,7 +101,8 @@ def plot_gallery(args, images, records, index_meta, size):
                        "title": f"QUERY {Path(record['query']).name}\nlabel {record['label'] or 'unknown'}{flagged}"})
         for hit in record["neighbours"]:
             same = record["label"] is None or hit["label"] == record["label"]
-            panels.append({"image": archive[hit["split"]][hit["index"]], "color": "black" if same else "darkred",
+            film = archive[hit["split"]][hit["index"]] if hit["split"] in archive else np.zeros((size, size), np.uint8)
+            panels.append({"image": film, "color": "black" if same else "darkred",
                            "title": f"#{hit['rank']} {hit['split']} {hit['index']}\n{hit['label']}  {word[:4]} {hit['score']:.3f}"})
     cut = (f" (the figure shows the first {len(records)} queries and {shown_k} cases each; the table and JSON "
            f"hold all)") if shown_k < args.k or len(records) < len(images) else ""
