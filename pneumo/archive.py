@@ -10,10 +10,11 @@ import numpy as np
 from .atomic import file_sha256
 from .data import CLASS_NAMES, data_file, load_split
 from .errors import UserError
-from .milvus_archive import building, load_milvus
+from .milvus_archive import building, load_milvus, tuned_nprobe
 from .model import EMBEDDING_DIM
 from .retrieval import IVF_TYPES, ArchiveMeta, IndexSpec, build_index, load_index, meta_path, save_index
 from .screening import fit_reference
+from .search_depth import depth_line
 
 MIN_PER_CELL = 39  # k-means needs about this many vectors per IVF cell
 
@@ -95,6 +96,10 @@ def build_archive(clf, data_root, splits, spec: IndexSpec, source: ArchiveSource
         save_index(index, meta, source.index)
         return meta
     with building(source.uri, source.collection, vectors, rows, spec) as index:
+        if spec.index_type in IVF_TYPES and spec.recall_target:  # the depth for the target, on the archive's own rows
+            search = tuned_nprobe(index, vectors, spec.recall_target)
+            build["search"] = search
+            print(depth_line(search))
         build.update({k: v for k, v in index.meta.build.items() if k != "index_type"}, backend="milvus")
         build["build_seconds"] = round(time.perf_counter() - start, 3)
         meta.ntotal, meta.dim = len(rows), int(vectors.shape[1])

@@ -154,6 +154,27 @@ def search_params(meta: ArchiveMeta):
     return {"metric_type": _MILVUS_METRIC[meta.metric], "params": params.get(INDEX_FAMILY[build["index_type"]], {})}
 
 
+def tuned_nprobe(index, vectors, target, n_queries=1000, max_nprobe=512, seed=0) -> dict:
+    """Milvus's IVF search depth for a recall target, chosen as the FAISS path chooses it
+    (pneumo.search_depth): held-out rows of the archive's own vectors as queries, their exact neighbours by a
+    brute-force pass, the smallest nprobe that meets the target. Sets it on `index` and returns the record."""
+    import faiss
+
+    from .search_depth import tune_nprobe
+    rng = np.random.default_rng([seed, 36])
+    ids = np.sort(rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False))
+    queries = np.ascontiguousarray(vectors[ids], dtype=np.float32)
+    truth = faiss.knn(queries, np.ascontiguousarray(vectors, dtype=np.float32), 11,
+                      faiss.METRIC_INNER_PRODUCT if index.meta.metric == "cosine" else faiss.METRIC_L2)[1]
+
+    def search_at(nprobe):
+        index.meta.build["nprobe"] = nprobe
+        return index.search(queries, 11)[1]
+    search = tune_nprobe(search_at, ids, truth, index.meta.build["nlist"], target=target, max_nprobe=max_nprobe, seed=seed)
+    index.meta.build["nprobe"] = search["nprobe"]
+    return search
+
+
 @contextmanager
 def building(uri, collection, vectors, rows, spec: IndexSpec = EXACT, progress=True):
     """Build the archive under a temporary name and yield a MilvusIndex over it; `finish(meta)` on the

@@ -52,6 +52,7 @@ class IndexSpec:
     ef_search: int = 64
     nlist: int | None = None
     nprobe: int = 16
+    recall_target: float | None = None  # Milvus IVF: nprobe chosen for it at build time (pneumo.search_depth)
 
     def __post_init__(self):
         if self.index_type not in INDEX_TYPES:

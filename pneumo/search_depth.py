@@ -130,7 +130,8 @@ def tune_depth(index, queries, ids, truth, k: int = 10, target: float = DEFAULT_
 
 def depth_line(search: dict) -> str:
     """One line for the build's output."""
-    where = f"nprobe {search['nprobe']}, quantizer_efSearch {search.get('quantizer_efSearch', '-')}"
+    where = f"nprobe {search['nprobe']}" + (f", quantizer_efSearch {search['quantizer_efSearch']}"
+                                           if "quantizer_efSearch" in search else "")
     lo, hi = search["recall_ci95"]
     if search["met"]:
         return (f"search depth {where}: recall@{search['k']} {search['recall']:.3f} [{lo:.3f}, {hi:.3f}] on "
@@ -153,3 +154,27 @@ def tune_index_file(index_path, vectors_path, rows: int, target: float = DEFAULT
     truth_s = time.perf_counter() - start
     search = tune_depth(index, queries, ids, truth, k, target, max_nprobe, seed)
     return {**search, "truth_s": round(truth_s, 1)}
+
+
+def tune_nprobe(search_at, ids, truth, nlist: int, k: int = 10, target: float = DEFAULT_TARGET,
+                max_nprobe: int = DEFAULT_MAX_NPROBE, seed: int = 0) -> dict:
+    """The same choice for an engine FAISS's autotuner cannot drive (a Milvus collection): the smallest nprobe,
+    in the autotuner's steps up to the bound, whose recall@k on the held-out rows (their own rows left out)
+    meets the target; `search_at(nprobe)` returns the top k+1 row ids of the queries. Returns the record."""
+    steps = sorted({int(round(v)) for e in range(20) for v in (2 ** e, 1.5 * 2 ** e) if v <= min(max_nprobe, nlist)})
+    measured = []
+    for nprobe in steps:
+        start = time.perf_counter()
+        per_query = recall_without_self(search_at(nprobe), truth, ids, k)
+        measured.append({"parameters": f"nprobe={nprobe}", "recall": float(per_query.mean()), "per_query": per_query,
+                         "ms_per_query": 1000 * (time.perf_counter() - start) / len(ids)})
+        if measured[-1]["recall"] >= target:
+            break
+    chosen = measured[-1] if measured[-1]["recall"] >= target else max(measured, key=lambda p: p["recall"])
+    rng = np.random.default_rng(seed)
+    boot = [chosen["per_query"][rng.integers(0, len(ids), len(ids))].mean() for _ in range(1000)]
+    return {"parameters": chosen["parameters"], **parameters_of(chosen["parameters"]), "k": k, "recall_target": target,
+            "met": chosen["recall"] >= target, "recall": round(chosen["recall"], 4),
+            "recall_ci95": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
+            "queries": len(ids), "max_nprobe": max_nprobe, "ms_per_query_batched": round(chosen["ms_per_query"], 3),
+            "tried": [{"parameters": p["parameters"], "recall": round(p["recall"], 4)} for p in measured]}

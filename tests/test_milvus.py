@@ -190,3 +190,22 @@ def test_a_stale_archive_is_a_note_where_it_is_an_extra_and_an_error_where_it_is
         assert "another checkpoint" in result.stdout
     refused = run_cli(query, *stale, "--indices", "0", "--out", tmp_path / "q")
     assert refused.returncode == 1 and "another checkpoint" in error_line(refused)
+
+
+def test_milvus_ivf_depth_is_chosen_for_the_recall_target_recorded_and_read_back(trained_checkpoint, synthetic_root, tmp_path):
+    """Issue 36: build_index.py --backend milvus with an IVF index chooses nprobe for --recall_target on the
+    archive's own rows, as the FAISS path does, stores it with the metadata, and query time reads it back.
+    (Milvus Lite finds every neighbour of this small archive at nprobe 1; the choice itself is tested on a
+    search whose recall grows with depth, tests/test_search_depth.py.)"""
+    uri = str(tmp_path / "ivf.db")
+    common = ["--checkpoint", str(trained_checkpoint), "--data_root", str(synthetic_root), "--device", "cpu",
+              "--backend", "milvus", "--uri", uri, "--index_type", "ivf", "--nlist", "8", "--nprobe", "4"]
+    result = run_cli(build_index, *common, "--recall_target", "0.99")
+    assert result.returncode == 0, result.stderr
+    clf = Classifier.load(trained_checkpoint)
+    index, meta = ArchiveSource("milvus", None, uri, "task3_archive").open(clf.sha256, EMBEDDING_DIM)
+    chosen = meta.build["search"]
+    assert chosen["recall_target"] == 0.99 and chosen["met"] and chosen["recall"] >= 0.99 and chosen["queries"] == 352
+    assert meta.build["nprobe"] == chosen["nprobe"] != 4  # the depth the target needs, not the --nprobe asked
+    assert milvus_archive.search_params(meta)["params"] == {"nprobe": chosen["nprobe"]}
+    assert f"search depth nprobe {chosen['nprobe']}:" in result.stdout

@@ -85,3 +85,18 @@ def test_build_index_records_the_depth_it_chose(archive, tmp_path):
     record = json.loads(record_path(out).read_text())
     assert record["search"]["recall_target"] == 0.95 and record["search"]["queries"] == 300
     assert f"search depth nprobe {record['search']['nprobe']}" in result.stdout
+
+
+def test_the_smallest_nprobe_that_meets_the_target_is_chosen_else_the_best_one_is_said():
+    """tune_nprobe, for an engine FAISS cannot drive (Milvus): a search whose recall grows with depth."""
+    from pneumo.search_depth import tune_nprobe
+    ids = np.arange(100)
+    truth = np.array([[i, *range(1000 + 10 * i, 1000 + 10 * i + 10)] for i in ids])
+
+    def search_at(nprobe):  # finds min(nprobe, 10) of each query's 10 neighbours
+        return np.array([[i, *t[1:1 + min(nprobe, 10)], *[-1] * (10 - min(nprobe, 10))] for i, t in zip(ids, truth)])
+    chosen = tune_nprobe(search_at, ids, truth, nlist=64, target=0.75)
+    assert chosen["met"] and chosen["nprobe"] == 8 and chosen["recall"] == 0.8
+    assert [t["parameters"] for t in chosen["tried"]] == ["nprobe=1", "nprobe=2", "nprobe=3", "nprobe=4", "nprobe=6", "nprobe=8"]
+    short = tune_nprobe(search_at, ids, truth, nlist=64, target=0.75, max_nprobe=4)
+    assert not short["met"] and short["nprobe"] == 4 and short["recall"] == 0.4
