@@ -1,17 +1,20 @@
 """Task 3 past memory: 1 M / 2 M / 10 M archived 512-d vectors in one FAISS IVF-HNSW-SQ8 index on one machine.
 
     python benchmarks/task3_large.py --out reports            # 1M, 2M, 10M: hours on 2 cores, resumable
+    python benchmarks/task3_large.py --sizes 10000000 --shape clustered --out reports   # real cases + noise
     python benchmarks/task3_large.py --sizes 200000 --work /tmp/large --out /tmp/large   # a quick look
 
 Goal (issue 21): 10 M vectors, recall@10 >= 0.95 against exact search, p50 <= 5 ms per query, <= 8 GB
 resident. Steps, each resumable after a kill (rerun the same command):
-1. a float16 vector file of the largest size in --work, drawn like the real archive's embeddings (a
-   Gaussian with their mean and covariance), 1 M rows at a time, each from its own seed;
+1. a float16 vector file of the largest size in --work/<shape>, drawn like the real archive's embeddings
+   (--shape gaussian: a Gaussian with their mean and covariance; clustered: a real case plus anisotropic
+   noise, so cases come in tight clusters), 1 M rows at a time, each from its own seed;
 2. exact top-10 of --queries fresh draws at every size, in one pass over the file;
 3. per size, `pneumo.streamed_index.build_streamed` (what `task3/build_index.py --vectors` runs), its
-   shards shared between sizes, then in a fresh process: the index loaded (resident memory before and
+   shards shared between sizes, the search depth chosen for --recall_target on the archive's own vectors
+   (`pneumo.search_depth`, as the build does), then in a fresh process: the index loaded (resident memory before and
    after), one query at a time on one thread (p50/p95 over --single), one batch on all threads, recall@10,
-   at each --nprobe. Results are written after every size to <work>/results.json and <out>/benchmark_task3_large.*.
+   at each --nprobe and at the chosen depth. Results are written after every size to <work>/results.json and <out>/benchmark_task3_large.*.
 4. with --server_rows N (one of --sizes): the first N rows on a Milvus 2.3 server started here (PyPI's
    `milvus` binary, Milvus's C++ engine), as IVF_SQ8, the Milvus index closest to the FAISS one: Milvus
    indexes each sealed segment (512 MB, about 256k such vectors) on its own, so its nlist is per segment
