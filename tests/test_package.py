@@ -132,7 +132,7 @@ def test_the_index_spec_and_the_archive_source_read_the_scripts_flags(tmp_path):
     from pneumo.retrieval import IndexSpec
     args = build_index.parse_args(["--index_type", "ivf", "--metric", "cosine", "--nlist", "7", "--nprobe", "3",
                                    "--backend", "milvus", "--uri", str(tmp_path / "a.db"), "--collection", "other"])
-    assert IndexSpec.from_args(args) == IndexSpec("ivf", "cosine", nlist=7, nprobe=3)
+    assert IndexSpec.from_args(args) == IndexSpec("ivf", "cosine", nlist=7, nprobe=3, recall_target=0.95)  # the default target
     source = ArchiveSource.from_args(args, index=args.out)
     assert (source.backend, source.uri, source.collection) == ("milvus", str(tmp_path / "a.db"), "other")
     assert source.describe() == f"milvus {tmp_path / 'a.db'} (other)"
